@@ -29,7 +29,7 @@ from .utils import ConfigError
 __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
     "EvalConfig", "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults",
-    "StudyConfig", "TrialParams", "build", "to_dict", "load_study_config", "trial_params_from_flat",
+    "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml", "build", "to_dict", "load_study_config", "trial_params_from_flat",
 ]
 
 
@@ -474,6 +474,23 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class TrainRunConfig:
+    """``searchprune train --config``: train a base model and save a checkpoint.
+
+    Attributes:
+        output: checkpoint path to write.
+        n_eval: test images for the final clean/PGD report (None = the whole test split).
+    """
+
+    output: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    n_eval: int | None = None
+
+
+@dataclass(frozen=True)
 class TrialParams:
     """Everything one trial does, as plain frozen data: what ``run_trial`` consumes.
 
@@ -621,6 +638,11 @@ def load_study_config(path: str | Path) -> StudyConfig:
     Raises:
         ConfigError: the file is missing, is not YAML, or has a bad key or value (named by path).
     """
+    return build(StudyConfig, load_yaml(path))
+
+
+def load_yaml(path: str | Path) -> Mapping[str, Any]:
+    """Reads a YAML mapping, with ConfigErrors for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"study config {str(p)!r} does not exist")
@@ -630,7 +652,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
-    return build(StudyConfig, raw)
+    return raw
 
 
 _LAYER_MAPS = ("prune.layer_sparsity.", "quant.layer_bits.")

@@ -1,0 +1,169 @@
+"""Checkpoints: weights plus a metadata record that says how to rebuild the model.
+
+A checkpoint is one ``torch.save``d dict of tensors and plain data, so it loads with
+``torch.load(weights_only=True)``::
+
+    {"format": 1, "state_dict": {...}, "meta": {...}}
+
+``meta`` holds the architecture (``model``: arch or factory + kwargs), the dataset record
+(``dataset``: name, classes, channels, size, mean, std), and optionally ``quant`` (the QuantConfig
+the weights were quantized with), ``prune``, ``recipe``, ``metrics``, ``threat`` and ``versions``.
+
+Pruned models are saved *materialized*: every weight parametrization (pruning mask, fake
+quantizer) is folded into a plain tensor, so zeros and quantization grid values are stored as
+they run. Structurally pruned models have smaller tensors; loading resizes the dense
+architecture to the saved shapes, then re-applies quantization when ``meta["quant"]`` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .utils import ConfigError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "materialize", "versions", "rebuild_model"]
+
+FORMAT = 1
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded with every checkpoint and export."""
+    from . import __version__
+
+    out = {"searchprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import optuna
+
+        out["optuna"] = optuna.__version__
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        pass
+    return out
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose weight parametrizations are folded into plain tensors.
+
+    The copy computes exactly what the original computes (masked and quantized weights stay as
+    they are), but its ``state_dict`` has plain ``weight`` keys that a fresh model accepts.
+    """
+    out = copy.deepcopy(model)
+    for module in out.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return out
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> Path:
+    """Saves the materialized weights of ``model`` and ``meta`` (plain data) to ``path``.
+
+    The file is written to a temporary name and renamed, so an interrupted save never leaves
+    a truncated checkpoint where a good one was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in materialize(model).state_dict().items()}
+    payload = {"format": FORMAT, "state_dict": state, "meta": {**dict(meta), "versions": versions()}}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle from elsewhere, ...
+        raise ConfigError(f"checkpoint {str(path)!r} could not be read as a searchprune checkpoint: {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} is not a searchprune checkpoint (format {FORMAT}); "
+            "expected a file written by `searchprune train` or `searchprune study export`"
+        )
+    return payload
+
+
+def _check_compatible(meta: Mapping[str, Any], path: Path, expect_model: Mapping[str, Any] | None,
+                      expect_dataset: Mapping[str, Any] | None) -> None:
+    if expect_model is not None:
+        have = meta.get("model", {})
+        for key in ("arch", "factory"):
+            if expect_model.get(key) != have.get(key):
+                raise ConfigError(
+                    f"checkpoint {str(path)!r} holds model {have.get('arch') or have.get('factory')!r}, "
+                    f"but the config asks for {expect_model.get('arch') or expect_model.get('factory')!r}"
+                )
+    if expect_dataset is not None:
+        have = meta.get("dataset", {})
+        for key in ("name", "num_classes", "in_channels"):
+            if key in expect_dataset and expect_dataset[key] != have.get(key):
+                raise ConfigError(
+                    f"checkpoint {str(path)!r} was trained for dataset {have.get(key)!r} ({key}), "
+                    f"but the config uses {expect_dataset[key]!r}"
+                )
+
+
+def rebuild_model(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Builds the model described by ``meta`` and loads ``state_dict`` into it.
+
+    Handles structurally pruned weights (modules are resized to the saved shapes) and fake
+    quantization (re-applied from ``meta["quant"]``; quantizing grid values is idempotent).
+    """
+    from .config import ModelConfig, QuantConfig, build
+    from .data import DatasetInfo
+    from .models import build_model
+    from .prune._structured import resize_to_state_dict_
+
+    ds = dict(meta["dataset"])
+    info = DatasetInfo(
+        name=ds["name"], num_classes=int(ds["num_classes"]), in_channels=int(ds["in_channels"]),
+        image_size=tuple(ds["image_size"]), mean=tuple(ds["mean"]), std=tuple(ds["std"]),
+    )
+    model = build_model(build(ModelConfig, meta["model"], "model"), info)
+    weights = {k: v for k, v in state_dict.items() if ".act_quant." not in k}
+    resize_to_state_dict_(model, weights)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if ".act_quant." not in k]
+    if missing or unexpected:
+        raise ConfigError(f"checkpoint does not fit model {meta['model']}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    if meta.get("quant") and meta["quant"].get("mode", "none") != "none":
+        from .quantize import quantize_
+
+        quantize_(model, build(QuantConfig, meta["quant"], "quant"))
+        act = {k: v for k, v in state_dict.items() if ".act_quant." in k}
+        if act:
+            missing, unexpected = model.load_state_dict(act, strict=False)
+            if unexpected:
+                raise ConfigError(f"checkpoint's activation quantizers do not fit the model: {unexpected[:5]}")
+    model.eval()
+    return model
+
+
+def load_checkpoint(path: str | Path, *, expect_model: Mapping[str, Any] | None = None,
+                    expect_dataset: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        expect_model: ``{"arch": ..., "factory": ...}`` the caller needs; a checkpoint of another
+            architecture is refused with a clear message.
+        expect_dataset: ``{"name": ..., "num_classes": ..., "in_channels": ...}``, likewise.
+
+    Returns:
+        (model in eval mode on CPU, meta).
+    """
+    path = Path(path)
+    payload = _read(path)
+    meta = dict(payload.get("meta", {}))
+    _check_compatible(meta, path, expect_model, expect_dataset)
+    return rebuild_model(meta, payload["state_dict"]), meta

@@ -1,0 +1,285 @@
+"""The ``searchprune`` command line.
+
+    searchprune study create   --config studies/fmnist_quick.yaml [--storage URL] [--name N]
+    searchprune study optimize --name N [--storage URL] [--n-trials K] [--workers W]
+    searchprune study show | pareto | plots | dashboard  --name N [--storage URL]
+    searchprune study export   --name N (--trial T | --rule RULE) --out DIR
+    searchprune train --config train.yaml
+    searchprune eval DIR
+
+Every study command takes ``--config FILE`` instead of ``--name/--storage`` to address the study
+that config describes. Mistakes in input print one ``error:`` line (exit code 2), never a
+traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .utils import ConfigError
+
+__all__ = ["main"]
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="study name")
+    p.add_argument("--storage", help="storage URL (sqlite:///F, postgresql://..., a journal *.log file); "
+                                     "default: runs/NAME/study.db")
+    p.add_argument("--config", help="study YAML: address the study it describes")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+
+
+# ---- study commands ------------------------------------------------------------------------
+
+
+def cmd_study_create(a: argparse.Namespace) -> int:
+    from .config import load_study_config
+    from .study import create_study
+
+    cfg = load_study_config(a.config)
+    study = create_study(cfg, storage=a.storage, name=a.name, artifact_dir=a.artifacts)
+    print(f"created study {study.study_name!r} in {study.user_attrs['storage_url']}")
+    print(f"  objectives: {', '.join(study.metric_names or [])} (maximize, maximize, minimize)")
+    waiting = len(study.get_trials(deepcopy=False))
+    if waiting:
+        print(f"  {waiting} baseline trial(s) enqueued")
+    print(f"next: searchprune study optimize --name {study.study_name} --storage {study.user_attrs['storage_url']}")
+    return 0
+
+
+def cmd_study_optimize(a: argparse.Namespace) -> int:
+    from .study import optimize, resolve_storage, study_summary
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study = optimize(name, storage, n_trials=a.n_trials, workers=a.workers, device=a.device,
+                     timeout=a.timeout, artifact_dir=a.artifacts, quiet=a.quiet)
+    print(json.dumps(study_summary(study), indent=2, default=str))
+    return 0
+
+
+def cmd_study_show(a: argparse.Namespace) -> int:
+    from .study import load_study, resolve_storage, study_summary
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, _ = load_study(name, storage)
+    print(json.dumps(study_summary(study), indent=2, default=str))
+    return 0
+
+
+def cmd_study_pareto(a: argparse.Namespace) -> int:
+    from .study import format_table, load_study, pareto_rows, resolve_storage
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, cfg = load_study(name, storage)
+    rows = pareto_rows(study)
+    print(f"Pareto set of {name!r}: {len(rows)} trial(s); accuracies on {cfg.eval.n_eval or 'all'} validation "
+          f"images, threat {cfg.threat.norm} eps={cfg.threat.eps:g} steps={cfg.threat.steps}")
+    print(format_table(rows))
+    return 0
+
+
+def cmd_study_export(a: argparse.Namespace) -> int:
+    from .export import export_trial, parse_rule, select_trial
+    from .study import load_study, resolve_storage
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, _ = load_study(name, storage)
+    rule = None
+    if a.trial is not None:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == a.trial]
+        if not matches:
+            raise ConfigError(f"--trial {a.trial}: no such trial in study {name!r} "
+                              f"(trials 0..{len(study.get_trials(deepcopy=False)) - 1})")
+        trial = matches[0]
+    else:
+        rule = parse_rule(a.rule)
+        trial = select_trial(study, rule)
+    print(f"exporting trial {trial.number} to {a.out} ...", flush=True)
+    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify)
+    v = meta["verification"]
+    print(f"verified on validation: clean {v['clean_acc']['export']:.4f} (trial {v['clean_acc']['trial']:.4f}), "
+          f"PGD {v['pgd_acc']['export']:.4f} (trial {v['pgd_acc']['trial']:.4f})")
+    tm = meta["test_metrics"]
+    attacks = ", ".join(f"{k.removeprefix('acc_')} {v:.4f}" for k, v in tm.items() if k.startswith("acc_"))
+    print(f"test ({tm['n']} images): clean {tm['clean_acc']:.4f}; {attacks}; worst case {tm['worst_acc']:.4f}")
+    print(f"wrote {', '.join(sorted(p.name for p in Path(a.out).iterdir()))}")
+    return 0
+
+
+def cmd_study_dashboard(a: argparse.Namespace) -> int:
+    from .study import load_study, make_storage, resolve_storage
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, _ = load_study(name, storage)
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    art = a.artifacts or study.user_attrs.get("artifact_dir")
+    store = FileSystemArtifactStore(art) if art and Path(art).is_dir() else None
+    print(f"optuna-dashboard for {name!r}: http://{a.host}:{a.port}/dashboard/studies/{study._study_id}", flush=True)
+    print("(Ctrl-C to stop)", flush=True)
+    run_server(make_storage(storage), host=a.host, port=a.port, artifact_store=store)
+    return 0
+
+
+def cmd_study_plots(a: argparse.Namespace) -> int:
+    from .plots import write_plots
+    from .study import load_study, resolve_storage
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, cfg = load_study(name, storage)
+    out = Path(a.out) if a.out else cfg.out_path / "plots"
+    written = write_plots(study, out, push_to_dashboard=True)
+    print(f"wrote {len(written)} file(s) to {out} and pushed the figures to the dashboard")
+    return 0
+
+
+# ---- train / eval --------------------------------------------------------------------------
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .attacks import evaluate
+    from .checkpoint import save_checkpoint
+    from .config import TrainRunConfig, build, load_yaml, to_dict
+    from .data import BatchLoader, make_splits
+    from .models import build_model
+    from .train import train_
+    from .utils import get_device, seed_everything, set_cpu_threads
+
+    set_cpu_threads()
+    cfg: TrainRunConfig = build(TrainRunConfig, load_yaml(a.config))
+    out = Path(a.out or cfg.output)
+    dev = get_device(a.device)
+    seed_everything(cfg.train.seed)
+    splits = make_splits(cfg.data)
+    model = build_model(cfg.model, splits.info).to(dev)
+    t0 = time.perf_counter()
+    history = train_(model, BatchLoader(splits.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                                        device=dev), cfg.train, threat=cfg.threat, progress=not a.quiet)
+    train_s = time.perf_counter() - t0
+    res = evaluate(model, BatchLoader(splits.test, cfg.data.eval_batch_size, device=dev, max_images=cfg.n_eval),
+                   cfg.threat, attacks=("pgd",))
+    info = splits.info
+    meta = {
+        "model": {"arch": cfg.model.arch, "factory": cfg.model.factory, "kwargs": dict(cfg.model.kwargs)},
+        "dataset": {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
+                    "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std)},
+        "recipe": to_dict(cfg.train), "threat": to_dict(cfg.threat), "data": to_dict(cfg.data),
+        "metrics": {"test_clean_acc": res.clean, "test_pgd_acc": res.robust["pgd"], "n_test": res.n,
+                    "train_seconds": train_s, "history": history},
+    }
+    save_checkpoint(out, model, meta)
+    print(f"test ({res.n} images): clean {res.clean:.4f}, PGD-{cfg.threat.steps} {res.robust['pgd']:.4f} "
+          f"(eps {cfg.threat.eps:g}); trained in {train_s:.0f} s -> {out}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .export import evaluate_export
+
+    res = evaluate_export(a.path, device=a.device, attacks=tuple(a.attacks) if a.attacks else None,
+                          data_dir=a.data_dir)
+    m, r = res["measured"], res["recorded"]
+    print(f"test ({m['n']} images), threat {res['threat']}")
+    for k in m:
+        if k == "n":
+            continue
+        rec = f"  (recorded {r[k]:.4f})" if isinstance(r.get(k), float) else ""
+        print(f"  {k:12s} {m[k]:.4f}{rec}")
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="searchprune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    study = sub.add_parser("study", help="create, run and inspect Optuna studies")
+    ss = study.add_subparsers(dest="study_command", required=True)
+
+    p = ss.add_parser("create", help="create a study from a YAML config")
+    p.add_argument("--config", required=True, help="study YAML (see studies/)")
+    p.add_argument("--storage", help="storage URL; default: sqlite file in the study's output_dir")
+    p.add_argument("--name", help="override the study name")
+    p.add_argument("--artifacts", help="artifact directory (default: OUTPUT_DIR/artifacts)")
+    p.set_defaults(fn=cmd_study_create)
+
+    p = ss.add_parser("optimize", help="run trials until the study has --n-trials finished trials")
+    _study_args(p)
+    p.add_argument("--n-trials", type=int, default=None, help="target number of finished trials (default: config)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--artifacts", help="artifact directory (default: the one stored with the study)")
+    p.add_argument("--quiet", action="store_true")
+    _device_arg(p)
+    p.set_defaults(fn=cmd_study_optimize)
+
+    for cmd, fn, text in (("show", cmd_study_show, "trials by state, best per objective, Pareto size, hypervolume"),
+                          ("pareto", cmd_study_pareto, "print the feasible Pareto set as a table")):
+        p = ss.add_parser(cmd, help=text)
+        _study_args(p)
+        p.set_defaults(fn=fn)
+
+    p = ss.add_parser("export", help="export a trial's model with provenance")
+    _study_args(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--trial", type=int, help="trial number")
+    g.add_argument("--rule", help="e.g. 'max robust_acc where macs <= 5e6 and clean_acc >= 0.85'")
+    p.add_argument("--out", required=True, help="export directory")
+    p.add_argument("--no-verify", action="store_true", help="skip the re-evaluation check (not recommended)")
+    _device_arg(p)
+    p.set_defaults(fn=cmd_study_export)
+
+    p = ss.add_parser("dashboard", help="start optuna-dashboard for the study")
+    _study_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--artifacts", help="artifact directory (default: the one stored with the study)")
+    p.set_defaults(fn=cmd_study_dashboard)
+
+    p = ss.add_parser("plots", help="write Pareto / hypervolume / importance plots and push them to the dashboard")
+    _study_args(p)
+    p.add_argument("--out", help="output directory (default: OUTPUT_DIR/plots)")
+    p.set_defaults(fn=cmd_study_plots)
+
+    p = sub.add_parser("train", help="train a base model from a YAML config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="checkpoint path (default: the config's output)")
+    p.add_argument("--quiet", action="store_true")
+    _device_arg(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="re-measure an export directory on its test split")
+    p.add_argument("path", help="export directory")
+    p.add_argument("--attacks", nargs="+", help="attacks to run (default: the export's ensemble)")
+    p.add_argument("--data-dir", help="where the dataset lives on this machine")
+    _device_arg(p)
+    p.set_defaults(fn=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
