@@ -1,0 +1,245 @@
+"""Physical channel removal (``granularity="channel"``) through Torch-Pruning's DependencyGraph.
+
+The graph is traced once from ``ctx.input_shape``; each *group* is a set of coupled channels that
+must go together (a conv's filters, its BatchNorm, the next layers' input channels, and, in
+residual networks, every conv that writes into the same shortcut sum). The classifier's outputs,
+and every conv/linear layer not in ``ctx.layers``, are ignored, so groups that would touch their
+output channels are left alone and the model's output shape is kept.
+
+Sparsity semantics: the target is the fraction of prunable *output channels* removed, counted over
+the conv/linear layers of the prunable groups (a channel shared by k coupled layers counts k
+times). A group's channel importance is the sum over its prunable member layers of the criterion's
+per-channel score (``method.unit_scores(ctx, "channel")``); for the global allocation each group's
+scores are divided by their mean absolute value (Torch-Pruning's ``normalizer="mean"``) unless the
+method's ``normalize_channels`` is False. A coupled group gets the mean of its members' per-layer
+ratios (per_layer, mrs). Every group keeps at least one channel.
+
+The result is an ordinary, smaller ``nn.Module``. Its ``state_dict`` no longer fits the dense
+architecture: rebuild the dense model and call :func:`resize_to_state_dict_` (or
+:func:`load_pruned_state_dict_`) before loading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..utils import ConfigError
+from ._base import (
+    PRUNABLE_TYPES,
+    MaskParametrization,
+    PruneReport,
+    build_report,
+    count_params,
+    fold_masks_,
+    restore_masks_,
+    weight_param,
+)
+
+if TYPE_CHECKING:
+    from ._base import PruneContext, PruningMethod
+
+__all__ = ["prune_channels_", "channel_groups", "resize_to_state_dict_", "load_pruned_state_dict_"]
+
+
+class _ChannelGroup:
+    """One coupled set of channels: ``members`` = [(layer name, member channel idxs, root idxs)]."""
+
+    def __init__(self, group, size: int, members: list[tuple[str, list[int], list[int]]]) -> None:
+        self.group = group
+        self.size = size
+        self.members = members
+
+
+def _build_graph(model: nn.Module, example: torch.Tensor):
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()  # tracing runs a forward pass: keep BatchNorm running stats untouched
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    finally:
+        model.train(was_training)
+    return dg
+
+
+def channel_groups(model: nn.Module, layers: Mapping[str, nn.Module], example: torch.Tensor):
+    """The coupled channel groups whose output channels may all be pruned.
+
+    Args:
+        model: the model (unparametrized).
+        layers: the prunable layers; every other conv/linear layer's outputs are left alone.
+        example: an input batch for tracing.
+
+    Returns:
+        ``(dependency graph, list of groups)``; each group lists its prunable member layers with
+        their channel indices and the matching indices of the group's root layer.
+    """
+    dg = _build_graph(model, example)
+    names = {m: n for n, m in model.named_modules()}
+    ignored = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES) and m not in layers.values()]
+    out: list[_ChannelGroup] = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
+        members = []
+        for i, (dep, idxs) in enumerate(group):
+            mod = dep.target.module
+            if not (isinstance(mod, PRUNABLE_TYPES) and dg.is_out_channel_pruning_fn(dep.handler)):
+                continue
+            root = group[i].root_idxs
+            members.append((names[mod], _plain(idxs), [int(r) for r in root]))
+        if members:
+            out.append(_ChannelGroup(group, len(group[0].idxs), members))
+    return dg, out
+
+
+def _plain(idxs) -> list[int]:
+    return [int(i.idx) if hasattr(i, "idx") else int(i) for i in idxs]
+
+
+def prune_channels_(ctx: PruneContext, method: PruningMethod) -> PruneReport:
+    """Scores channels with ``method``, allocates per group, and removes them physically.
+
+    Returns:
+        A structural :class:`PruneReport`; ``kept_channels[layer]`` lists the original indices of the
+        output channels each pruned layer kept.
+
+    Raises:
+        ConfigError: the model carries non-mask parametrizations (quantizers), which channel
+            surgery cannot carry over.
+    """
+    from ._allocation import allocate, layer_ratios
+
+    model = ctx.model
+    for m in model.modules():
+        if parametrize.is_parametrized(m):
+            plist = [p for ps in m.parametrizations.values() for p in ps]
+            if not all(isinstance(p, MaskParametrization) for p in plist):
+                raise ConfigError("prune.granularity: channel pruning needs a model without quantizers "
+                                  "or other parametrizations; prune before quantize_")
+    fold_masks_(model)
+    params_before = count_params(model, nonzero=True)
+    weights_before = {n: m.weight.numel() for n, m in ctx.layers.items()}
+
+    scores = {n: s.detach().float().cpu() for n, s in method.unit_scores(ctx, "channel").items()}
+    _, groups = channel_groups(model, ctx.layers, ctx.example_input(1))
+    if not groups:
+        raise ConfigError(f"prune.granularity: no output channel of the prunable layers can be removed "
+                          f"in this model (layers: {', '.join(ctx.layers)})")
+
+    g_scores: dict[str, torch.Tensor] = {}
+    g_sizes: dict[str, int] = {}
+    g_ratios: dict[str, float] = {}
+    ratios = layer_ratios(ctx) if ctx.cfg.allocation in ("per_layer", "mrs") else None
+    for gi, g in enumerate(groups):
+        key = str(gi)
+        s = torch.zeros(g.size, dtype=torch.float64)
+        for name, idxs, root in g.members:
+            s.scatter_add_(0, torch.tensor(root), scores[name][idxs].double())
+        if method.normalize_channels and ctx.cfg.allocation == "global":
+            scale = s.abs().mean()
+            if scale > 0:
+                s = s / scale
+        g_scores[key] = s
+        g_sizes[key] = len(g.members)
+        if ratios is not None:
+            g_ratios[key] = sum(ratios[n] for n, _, _ in g.members) / len(g.members)
+
+    keep = allocate(g_scores, allocation=ctx.cfg.allocation, sparsity=ctx.sparsity,
+                    ratios=g_ratios if ratios is not None else None, unit_sizes=g_sizes, min_keep=1)
+
+    kept_channels: dict[str, list[int]] = {}
+    out_before: dict[str, int] = {}
+    for gi, g in enumerate(groups):
+        k = keep[str(gi)]
+        for name, idxs, root in g.members:
+            out_before[name] = _out_channels(ctx.layers[name])
+            kept_channels[name] = sorted(i for i, r in zip(idxs, root) if bool(k[r]))
+        removed = torch.nonzero(~k).flatten().tolist()
+        if removed:
+            g.group.prune(idxs=removed)
+    extra = {**method.extra_report(), "groups": len(groups),
+             "group_sizes": [g.size for g in groups],
+             "group_kept": [int(keep[str(i)].sum()) for i in range(len(groups))]}
+    return build_report(ctx, params_before=params_before, structural=True, kept_channels=kept_channels,
+                        out_channels_before=out_before, weights_before=weights_before, extra=extra)
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of structurally pruned models
+# ---------------------------------------------------------------------------------------------
+
+
+def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Reshapes a freshly built dense model so a structurally pruned ``state_dict`` loads into it.
+
+    Every parameter or buffer whose saved shape differs is replaced by an uninitialized tensor of the
+    saved shape, then conv/linear/BatchNorm attributes are made consistent (``in/out_channels``,
+    ``groups`` of depthwise convs, ``in/out_features``, ``num_features``). Values are not loaded:
+    call ``model.load_state_dict(state_dict)`` afterwards (or use :func:`load_pruned_state_dict_`).
+
+    Returns:
+        ``model`` (modified in place).
+    """
+    modules = dict(model.named_modules())
+    # remember which convs were depthwise-like (groups == in_channels > 1) before resizing
+    depthwise = {n: m.out_channels // m.groups for n, m in modules.items()
+                 if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels}
+    for name, module in modules.items():
+        prefix = f"{name}." if name else ""
+        for kind in ("_parameters", "_buffers"):
+            table = getattr(module, kind)
+            for pname, t in list(table.items()):
+                if t is None:
+                    continue
+                key = prefix + pname
+                original_key = prefix + "parametrizations.weight.original"
+                if key not in state_dict and pname == "weight" and original_key in state_dict:
+                    key = original_key
+                saved = state_dict.get(key)
+                if saved is None or tuple(saved.shape) == tuple(t.shape):
+                    continue
+                new = torch.empty(saved.shape, dtype=t.dtype, device=t.device)
+                is_param = kind == "_parameters"
+                table[pname] = nn.Parameter(new, requires_grad=t.requires_grad) if is_param else new
+    for name, m in modules.items():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            w = weight_param(m)
+            if m.transposed:
+                raise ValueError(f"{name}: resizing transposed convolutions is not supported")
+            m.out_channels = w.shape[0]
+            if name in depthwise:
+                m.groups = m.out_channels // depthwise[name]
+                m.in_channels = m.groups
+            else:
+                m.in_channels = w.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            w = weight_param(m)
+            m.out_features, m.in_features = w.shape
+        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None:
+            m.num_features = m.weight.shape[0]
+        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+            m.num_features = m.running_mean.shape[0]
+    return model
+
+
+def load_pruned_state_dict_(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool = True
+) -> nn.Module:
+    """Loads a pruned checkpoint (masked, structurally pruned, or both) into a fresh dense model:
+    :func:`resize_to_state_dict_`, then :func:`~._base.restore_masks_`, then ``load_state_dict``.
+
+    Returns:
+        ``model`` (modified in place).
+    """
+    resize_to_state_dict_(model, state_dict)
+    restore_masks_(model, state_dict)
+    model.load_state_dict(state_dict, strict=strict)
+    return model

@@ -1,0 +1,24 @@
+"""Magnitude pruning: ShrinkBench's GlobalMagWeight / LayerMagWeight (importance ``|w|``).
+
+Kernel and channel scores are the L1 norms of the kernel / filter (sum of ``|w|``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._base import PruneContext, PruningMethod, register_method
+
+__all__ = ["Magnitude"]
+
+
+@register_method("magnitude")
+class Magnitude(PruningMethod):
+    """Keeps the largest-magnitude weights: importance ``|w|`` of the effective weight.
+
+    ``allocation="global"`` is ShrinkBench's GlobalMagWeight, ``"uniform"`` its LayerMagWeight.
+    No options.
+    """
+
+    def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
+        return {name: m.weight.detach().abs() for name, m in ctx.layers.items()}
