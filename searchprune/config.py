@@ -537,13 +537,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value is None and _NONE in args:
             return None
         errors = []
-        for a in args:
-            if a is _NONE:
-                continue
+        options = [a for a in args if a is not _NONE]
+        for a in options:
             try:
                 return _convert(a, value, path)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1 or (isinstance(value, Mapping) and dataclasses.is_dataclass(options[0])):
+            raise errors[0]  # only one alternative fits: its message is the precise one
         raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
         if value not in typing.get_args(tp):

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+
+from searchprune.config import (
+    PruneConfig,
+    StudyConfig,
+    ThreatModel,
+    TrainConfig,
+    TrialDefaults,
+    build,
+    load_study_config,
+    to_dict,
+    trial_params_from_flat,
+)
+from searchprune.utils import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"name": "s", "data": {"datset": "x"}}, "data.datset: unknown key"),
+        ({"name": "s", "threat": {"eps": "big"}}, "threat.eps: expected a number, got 'big'"),
+        ({"name": "s", "threat": {"eps": -0.1}}, "threat.eps"),
+        ({"name": "s", "threat": {"steps": 0}}, "threat.steps: expected at least 1 step"),
+        ({"name": "s", "defaults": {"prune": {"sparsity": 1.2}}}, "defaults.prune.sparsity"),
+        ({"name": "s", "defaults": {"finetune": {"optimizer": "lbfgs"}}}, "defaults.finetune.optimizer: expected one of"),
+        ({"name": "s", "space": {"prune.sparsity": {"low": 0.9, "high": 0.1}}}, "space.prune.sparsity"),
+        ({"name": "s", "space": {"model.arch": ["cnn8"]}}, "space.model.arch"),
+        ({"name": "bad name!"}, "name: expected letters"),
+        ({"name": "s", "sampler": {"name": "cmaes"}}, "sampler.name: unknown sampler 'cmaes'"),
+        ({"name": "s", "n_trials": 2.5}, "n_trials: expected an integer"),
+    ],
+)
+def test_bad_values_are_named_with_their_path(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build(StudyConfig, raw)
+
+
+def test_configs_are_frozen_and_round_trip():
+    cfg = build(StudyConfig, {"name": "s", "threat": {"eps": 0.1, "alpha": 0.01}})
+    with pytest.raises(AttributeError):
+        cfg.threat.eps = 0.2  # type: ignore[misc]
+    assert build(StudyConfig, to_dict(cfg)) == cfg
+
+
+def test_prune_config_needs_exactly_one_target():
+    with pytest.raises(ConfigError, match="exactly one of sparsity and compression"):
+        PruneConfig(sparsity=0.5, compression=4.0)
+    assert PruneConfig(sparsity=None, compression=4.0).compression == 4.0
+    with pytest.raises(ConfigError, match="per_layer"):
+        PruneConfig(allocation="per_layer")
+
+
+def test_space_shorthand_and_int_inference():
+    cfg = build(StudyConfig, {"name": "s", "space": {
+        "prune.method": ["magnitude", "lamp"],
+        "prune.sparsity": {"low": 0.1, "high": 0.9},
+        "finetune.epochs": {"low": 1, "high": 3, "when": {"finetune.recipe": "fast"}},
+        "quant.weight_bits": 8,
+    }})
+    s = cfg.space
+    assert s["prune.method"].type == "categorical"
+    assert s["prune.sparsity"].type == "float"
+    assert s["finetune.epochs"].type == "int"
+    assert s["finetune.epochs"].when == {"finetune.recipe": ("fast",)}
+    assert s["quant.weight_bits"].type == "fixed" and s["quant.weight_bits"].value == 8
+
+
+def test_flat_params_merge_into_defaults():
+    d = TrialDefaults()
+    p = trial_params_from_flat(d, {"prune.sparsity": 0.8, "prune.options.n_batches": 3,
+                                   "finetune.recipe": "fast", "quant.mode": "ptq"}, seed=7)
+    assert p.prune.sparsity == 0.8 and p.prune.options == {"n_batches": 3}
+    assert p.finetune == TrainConfig(recipe="fast") and p.quant.mode == "ptq" and p.seed == 7
+    assert trial_params_from_flat(d, {"finetune.recipe": "none"}).finetune is None
+    # layer names contain dots: only the prefix is split
+    p = trial_params_from_flat(d, {"prune.allocation": "per_layer", "prune.layer_sparsity.features.0": 0.3,
+                                   "prune.layer_sparsity.fc.1": 0.6})
+    assert p.prune.layer_sparsity == {"features.0": 0.3, "fc.1": 0.6} and p.prune.sparsity is None
+    with pytest.raises(ConfigError, match="prune.sparsity"):
+        trial_params_from_flat(d, {"prune.sparsity": 1.5})
+
+
+def test_threat_model_defaults_are_adver_fine():
+    t = ThreatModel()
+    assert (t.eps, t.alpha, t.steps, t.random_start) == (0.05, 0.005, 20, False)
+
+
+def test_shipped_studies_load(tmp_path):
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml")):
+        cfg = load_study_config(path)
+        assert cfg.name
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study_config(bad)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from searchprune.config import StudyConfig, build
+from searchprune.space import replay_params, suggest, suggest_params, validate_space
+from searchprune.utils import ConfigError
+
+SPACE = {
+    "prune.method": ["magnitude", "gap"],
+    "prune.options.n_batches": {"low": 1, "high": 4, "when": {"prune.method": ["gap"]}},
+    "prune.sparsity": {"low": 0.2, "high": 0.9},
+    "prune.allocation": ["global", "per_layer"],
+    "prune.layer_sparsity": {"low": 0.0, "high": 0.9, "per_layer": True, "when": {"prune.allocation": ["per_layer"]}},
+    "finetune.recipe": ["none", "fast", "trades"],
+    "finetune.trades_beta": {"low": 1.0, "high": 6.0, "when": {"finetune.recipe": ["trades"]}},
+    "finetune.epochs": {"low": 1, "high": 3, "when": {"finetune.recipe": ["fast", "trades"]}},
+    "quant.mode": "none",
+}
+LAYERS = ["features.0", "features.2", "fc.0"]
+
+
+def _cfg():
+    return build(StudyConfig, {"name": "s", "space": SPACE})
+
+
+def test_conditional_parameters_exist_only_when_active():
+    cfg = _cfg()
+    study = optuna.create_study(directions=["maximize"] * 3, sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_gap = seen_mag = seen_pl = False
+    for _ in range(40):
+        trial = study.ask()
+        flat = suggest(trial, cfg.space, layer_names=LAYERS)
+        assert ("prune.options.n_batches" in flat) == (flat["prune.method"] == "gap")
+        assert ("finetune.trades_beta" in flat) == (flat["finetune.recipe"] == "trades")
+        assert ("finetune.epochs" in flat) == (flat["finetune.recipe"] != "none")
+        per_layer = [k for k in flat if k.startswith("prune.layer_sparsity.")]
+        assert bool(per_layer) == (flat["prune.allocation"] == "per_layer")
+        if per_layer:
+            assert sorted(k.removeprefix("prune.layer_sparsity.") for k in per_layer) == sorted(LAYERS)
+            seen_pl = True
+        assert flat["quant.mode"] == "none" and "quant.mode" not in trial.params  # pinned: not searched
+        seen_gap |= flat["prune.method"] == "gap"
+        seen_mag |= flat["prune.method"] == "magnitude"
+        # every sampled set is a valid TrialParams, and replays to the same thing
+        params = suggest_params(trial, cfg.space, cfg.defaults, seed=3, layer_names=LAYERS)
+        assert replay_params(trial.params, cfg.space, cfg.defaults, seed=3, layer_names=LAYERS) == params
+        if flat["finetune.recipe"] == "none":
+            assert params.finetune is None
+        study.tell(trial, [0.0, 0.0, 0.0])
+    assert seen_gap and seen_mag and seen_pl
+
+
+def test_when_must_reference_an_earlier_parameter():
+    cfg = build(StudyConfig, {"name": "s", "space": {
+        "finetune.epochs": {"low": 1, "high": 2, "when": {"finetune.recipe": ["fast"]}},
+        "finetune.recipe": ["fast"],
+    }})
+    with pytest.raises(ConfigError, match="space.finetune.epochs.when"):
+        validate_space(cfg.space)
+
+
+def test_per_layer_without_layers_is_an_error():
+    cfg = build(StudyConfig, {"name": "s", "space": {
+        "prune.allocation": "per_layer", "prune.layer_sparsity": {"low": 0.0, "high": 0.5, "per_layer": True}}})
+    with pytest.raises(ConfigError, match="per_layer needs the model's prunable layers"):
+        suggest(optuna.trial.FixedTrial({}), cfg.space)
