@@ -520,6 +520,8 @@ class PruningMethod:
         normalize_channels: divide each channel group's scores by their mean absolute value before a
             global channel ranking (Torch-Pruning's ``normalizer="mean"``), so layers with large
             fan-in do not dominate. Criteria whose scores are already comparable (LAMP) set False.
+        min_keep_per_layer: units every layer keeps under any allocation (weight/kernel; channel
+            groups always keep at least one channel). ShrinkBench criteria: 0; LAMP: 1.
     """
 
     name: ClassVar[str] = ""
@@ -530,6 +532,7 @@ class PruningMethod:
     default_options: ClassVar[Mapping[str, Any]] = {}
     reduction: ClassVar[str] = "sum"
     normalize_channels: ClassVar[bool] = True
+    min_keep_per_layer: ClassVar[int] = 0
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -586,6 +589,7 @@ class PruningMethod:
             sparsity=ctx.sparsity,
             ratios=layer_ratios(ctx) if ctx.cfg.allocation in ("per_layer", "mrs") else None,
             unit_sizes=sizes,
+            min_keep=self.min_keep_per_layer,
         )
         for name, m in ctx.layers.items():
             apply_mask_(m, expand_units(keep[name], m.weight.shape, gran))

@@ -178,12 +178,14 @@ def _out_channels(m: nn.Module) -> int:
 
 
 def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Reshapes a freshly built dense model so a structurally pruned ``state_dict`` loads into it.
+    """Reshapes a freshly built dense model so a pruned ``state_dict`` loads into it.
 
     Every parameter or buffer whose saved shape differs is replaced by an uninitialized tensor of the
     saved shape, then conv/linear/BatchNorm attributes are made consistent (``in/out_channels``,
-    ``groups`` of depthwise convs, ``in/out_features``, ``num_features``). Values are not loaded:
-    call ``model.load_state_dict(state_dict)`` afterwards (or use :func:`load_pruned_state_dict_`).
+    ``groups`` of depthwise convs, ``in/out_features``, ``num_features``). Layers saved with a
+    :class:`~._base.Mask` (``<layer>.parametrizations.weight.<i>.mask``) get one registered, so masked
+    checkpoints load too. Values are not loaded: call ``model.load_state_dict(state_dict)``
+    afterwards (or use :func:`load_pruned_state_dict_`).
 
     Returns:
         ``model`` (modified in place).
@@ -227,6 +229,7 @@ def resize_to_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tenso
             m.num_features = m.weight.shape[0]
         elif isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
             m.num_features = m.running_mean.shape[0]
+    restore_masks_(model, state_dict)
     return model
 
 
@@ -234,12 +237,11 @@ def load_pruned_state_dict_(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool = True
 ) -> nn.Module:
     """Loads a pruned checkpoint (masked, structurally pruned, or both) into a fresh dense model:
-    :func:`resize_to_state_dict_`, then :func:`~._base.restore_masks_`, then ``load_state_dict``.
+    :func:`resize_to_state_dict_` (which also restores masks), then ``load_state_dict``.
 
     Returns:
         ``model`` (modified in place).
     """
     resize_to_state_dict_(model, state_dict)
-    restore_masks_(model, state_dict)
     model.load_state_dict(state_dict, strict=strict)
     return model

@@ -1,0 +1,50 @@
+"""Gradient-magnitude pruning: ShrinkBench's GlobalMagGrad / LayerMagGrad (importance ``|w * g|``).
+
+``g`` is the gradient of the batch-mean cross-entropy w.r.t. the weights, computed as ShrinkBench's
+``get_param_gradients`` does: the model in ``train()`` mode (BatchNorm on batch statistics) on the
+first batch of the loader. With ``n_batches > 1`` the per-batch gradients are averaged. Kernel and
+channel scores sum ``|w * g|`` over the unit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._base import PruneContext, PruningMethod, register_method
+from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
+
+__all__ = ["MagGrad"]
+
+
+@register_method("gradient")
+class MagGrad(PruningMethod):
+    """Keeps the weights with the largest ``|w * g|``.
+
+    Options:
+        n_batches: batches the gradient is averaged over (ShrinkBench: 1).
+        adversarial: take the gradient on PGD examples of the study's threat model (true labels)
+            instead of clean inputs.
+        update_bn_stats: let the train-mode forwards update BatchNorm running statistics, as
+            ShrinkBench does (True); False restores them afterwards.
+    """
+
+    needs_data = True
+    default_options = {"n_batches": 1, "adversarial": False, "update_bn_stats": True}
+
+    def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
+        n = check_positive_int(self.name, "n_batches", self.options["n_batches"])
+        total: dict[str, torch.Tensor] = {}
+        used = 0
+        with frozen_bn_stats(ctx.model, enabled=not self.options["update_bn_stats"]), \
+                module_mode(ctx.model, train=True):
+            for x, y in ctx.batches(n):
+                if self.options["adversarial"]:
+                    x = adversarial_batch(ctx, x, y, method=self.name)
+                grads = weight_grads(ctx, ctx.model(x), y)
+                for k, g in grads.items():
+                    total[k] = total[k] + g if k in total else g
+                used += 1
+        if used == 0:
+            raise ValueError("prune: the loader yielded no batch")
+        self._extra = {"batches": used}
+        return {k: (ctx.layers[k].weight.detach() * (g / used)).abs() for k, g in total.items()}

@@ -1,0 +1,48 @@
+"""Random pruning (ShrinkBench's RandomPruning baseline), with an exact count.
+
+ShrinkBench draws a Bernoulli(keep) mask per tensor, so only the *expected* kept fraction is the
+target. Here every unit gets an i.i.d. U(0, 1) score and the allocation keeps the exact number,
+so random pruning is comparable with the other criteria at the same sparsity. Unit scores
+(kernel/channel) are drawn per unit, not summed, so every unit is equally likely to go.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..utils import ConfigError
+from ._base import PruneContext, PruningMethod, reduce_to_units, register_method
+
+__all__ = ["RandomPruning"]
+
+
+@register_method("random")
+class RandomPruning(PruningMethod):
+    """Uniformly random scores.
+
+    Options:
+        seed: integer seed of the method's own generator; None (default) draws from torch's global
+            generator, so the trial seed (``seed_everything``) decides the mask.
+    """
+
+    default_options = {"seed": None}
+
+    def _generator(self) -> torch.Generator:
+        seed = self.options["seed"]
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"prune.options.seed: method 'random' expected an integer or null, "
+                              f"got {seed!r}")
+        return torch.Generator().manual_seed(seed)
+
+    def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
+        return self.unit_scores(ctx, "weight")
+
+    def unit_scores(self, ctx: PruneContext, granularity: str) -> dict[str, torch.Tensor]:
+        gen = self._generator()
+        out = {}
+        for name, m in ctx.layers.items():
+            shape = reduce_to_units(torch.empty(m.weight.shape, device="meta"), granularity).shape
+            out[name] = torch.rand(shape, generator=gen)
+        return out
