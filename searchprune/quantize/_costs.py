@@ -1,0 +1,85 @@
+"""What a quantized model costs: bit operations and storage size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._api import _act_quant_bypassed, _weight_quantizer, quantizable_layers
+
+__all__ = ["count_bitops", "model_size_bytes", "FLOAT_BITS"]
+
+FLOAT_BITS = 32  # what an unquantized weight, activation or other tensor costs per entry
+
+
+def count_bitops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Bit operations per image: sum over conv / linear layers of MACs x weight bits x input bits.
+
+    MACs are the *effective* MACs of :func:`searchprune.macs.layer_costs` (nonzero weights x
+    output positions). A layer without a weight quantizer counts 32 weight bits, one without an
+    activation quantizer 32 input bits, so a float model costs ``32 * 32 * MACs``.
+
+    Args:
+        model: any model; quantized layers carry ``weight_bits`` / ``act_bits`` (see ``quantize_``).
+        input_shape: one image's shape, e.g. ``(1, 28, 28)``.
+    """
+    from ..macs import layer_costs
+
+    with _act_quant_bypassed(model):  # the counting pass needs shapes only, not calibrated ranges
+        costs = layer_costs(model, input_shape)
+    modules = dict(model.named_modules())
+    total = 0
+    for name, cost in costs.items():
+        module = modules[name]
+        w_bits = getattr(module, "weight_bits", None) or FLOAT_BITS
+        a_bits = getattr(module, "act_bits", None) or FLOAT_BITS
+        total += cost.macs * int(w_bits) * int(a_bits)
+    return int(total)
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Storage of the model as deployed, in bytes (rounded up once, at the end).
+
+    Convention:
+
+    * conv / linear weights: only *nonzero* entries of the effective weight, at the layer's
+      weight bits (32 if unquantized), plus one 32-bit scale per output channel (per-channel) or
+      one per tensor (per-tensor) for quantized layers. Sparse indices are not counted (the
+      ShrinkBench convention of counting nonzero parameters), so this is a lower bound for an
+      unstructured sparse format; for physically removed channels it is exact.
+    * every other parameter and buffer (biases, BatchNorm, normalization constants, activation
+      ranges, counters) counts all entries at 32 bits, whatever its dtype.
+    * a parametrization's own tensors (the float ``original`` behind a quantized weight, pruning
+      masks and scores) are training state, folded away at export, and are not counted.
+    """
+    bits = 0
+    skip: set[int] = set()  # parametrization state: not deployed
+    with torch.no_grad():
+        layers = quantizable_layers(model)
+        counted = {id(m) for m in layers.values()}
+        for module in layers.values():
+            weight = module.weight  # effective: masked and quantized
+            quant = _weight_quantizer(module)
+            bits += int(torch.count_nonzero(weight)) * (quant.bits if quant is not None else FLOAT_BITS)
+            if quant is not None:  # the scales
+                bits += (weight.shape[0] if quant.per_channel and weight.dim() > 1 else 1) * FLOAT_BITS
+            if not parametrize.is_parametrized(module, "weight"):
+                skip.add(id(module.weight))
+        for module in model.modules():
+            if not parametrize.is_parametrized(module):
+                continue
+            for tensor_name, plist in module.parametrizations.items():
+                skip.update(id(t) for t in plist.parameters())
+                skip.update(id(t) for t in plist.buffers())
+                if not (id(module) in counted and tensor_name == "weight"):  # e.g. a masked bias
+                    bits += getattr(module, tensor_name).numel() * FLOAT_BITS
+        seen: set[int] = set()
+        for t in list(model.parameters()) + list(model.buffers()):
+            if id(t) not in skip and id(t) not in seen:
+                seen.add(id(t))
+                bits += t.numel() * FLOAT_BITS
+    return math.ceil(bits / 8)
+
