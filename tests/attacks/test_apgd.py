@@ -1,0 +1,186 @@
+"""APGD-CE: strength (beats a no-op and plain PGD), honesty (never beats a robust model), the
+threat-model contract (ball, box, modes, no parameter gradients) and determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from searchprune.attacks import pgd
+from searchprune.attacks._base import get_attack
+from searchprune.attacks.apgd import apgd, apgd_checkpoints
+from searchprune.config import ThreatModel
+from searchprune.utils import ConfigError
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _toy_data(n: int, seed: int, classes: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random-but-learnable images: a fixed random prototype per class, half prototype half noise."""
+    protos = torch.rand(classes, 1, hw, hw, generator=torch.Generator().manual_seed(123))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return (0.5 * protos[y] + 0.5 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
+
+
+def _toy_net(seed: int = 0, classes: int = 4) -> nn.Module:
+    """A small trained CNN (BatchNorm and Dropout make a forgotten eval() visible)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
+                        nn.Linear(16 * 4 * 4, classes))
+    x, y = _toy_data(512, seed=seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(120):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.zero_grad(set_to_none=True)
+    return net.eval()
+
+
+class Constant(nn.Module):
+    """Perfectly robust: the same logits for every input (the input still enters the graph)."""
+
+    def __init__(self, classes: int = 4, top: int = 2) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.arange(classes, dtype=torch.float32).roll(top - classes + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+class Detached(Constant):
+    """Constant logits that do not depend on the input at all (no graph to the input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.detach().expand(len(x), -1).clone()
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    return _toy_net(0)
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    return _toy_data(256, seed=1)
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+def test_checkpoints_match_the_paper() -> None:
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    for steps in (1, 2, 5, 10, 37, 250):
+        ws = apgd_checkpoints(steps)
+        assert ws == sorted(set(ws)) and 1 <= ws[0] and ws[-1] <= steps
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_beats_a_no_op(net, test_set, norm, eps) -> None:
+    x, y = test_set
+    clean = _acc(net, x, y)
+    assert clean > 0.95
+    assert _acc(net, apgd(net, x, y, eps=eps, norm=norm, steps=20), y) < clean - 0.3
+
+
+@pytest.mark.parametrize("model_cls", [Constant, Detached])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_never_beats_a_constant_model(model_cls, norm) -> None:
+    model = model_cls()
+    x, y = _toy_data(64, seed=2)
+    clean = _acc(model, x, y)
+    assert 0 < clean < 1
+    x_adv = apgd(model, x, y, eps=0.3, norm=norm, steps=10, restarts=2)
+    assert _acc(model, x_adv, y) == clean
+    assert torch.isfinite(x_adv).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
+@pytest.mark.parametrize("clamp", [True, False])
+def test_perturbation_stays_in_the_ball(net, test_set, device, norm, eps, clamp) -> None:
+    model = net.to(device)
+    x, y = (t.to(device) for t in test_set)
+    x_adv = apgd(model, x, y, eps=eps, norm=norm, steps=10, clamp=clamp)
+    assert x_adv.shape == x.shape and x_adv.device == x.device and not x_adv.requires_grad
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps * (1 + 1e-5) + 1e-6).all()
+    if clamp:
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+    net.to("cpu")
+
+
+def test_misclassified_inputs_are_returned_unchanged(net, test_set) -> None:
+    x, y = test_set
+    y_wrong = (y + 1) % 4
+    x_adv = apgd(net, x, y_wrong, eps=0.1, steps=5)
+    assert torch.equal(x_adv, x)
+
+
+def test_deterministic_by_seed(net, test_set) -> None:
+    x, y = test_set
+    a = apgd(net, x, y, eps=0.05, steps=10, seed=3)
+    b = apgd(net, x, y, eps=0.05, steps=10, seed=3)
+    c = apgd(net, x, y, eps=0.05, steps=10, seed=4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_global_rng_untouched(net, test_set) -> None:
+    x, y = test_set
+    state = torch.get_rng_state()
+    apgd(net, x, y, eps=0.05, steps=3)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_modes_restored_and_no_parameter_grads(test_set) -> None:
+    model = _toy_net(0).train()
+    model[1].eval()  # a deliberately frozen BatchNorm must stay frozen
+    x, y = test_set
+    apgd(model, x, y, eps=0.05, steps=5)
+    assert model.training and model[0].training and not model[1].training
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("norm,eps,alpha", [("linf", 0.05, 0.0125), ("l2", 0.6, 0.15)])
+def test_at_least_as_strong_as_pgd_with_the_same_steps(net, test_set, norm, eps, alpha) -> None:
+    x, y = test_set
+    steps = 20
+    acc_pgd = _acc(net, pgd(net, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm), y)
+    acc_apgd = _acc(net, apgd(net, x, y, eps=eps, norm=norm, steps=steps), y)
+    assert acc_pgd < _acc(net, x, y)  # the comparison is not vacuous
+    assert acc_apgd <= acc_pgd + 0.02
+
+
+def test_restarts_never_weaken(net, test_set) -> None:
+    x, y = test_set
+    one = _acc(net, apgd(net, x, y, eps=0.05, steps=10, restarts=1), y)
+    three = _acc(net, apgd(net, x, y, eps=0.05, steps=10, restarts=3), y)
+    assert three <= one
+
+
+def test_registered_with_the_threat_signature(net, test_set) -> None:
+    x, y = test_set
+    threat = ThreatModel(eps=0.1, alpha=0.01, steps=5)
+    fn = get_attack("apgd")
+    x_adv = fn(net, x, y, threat, steps=10, seed=1)
+    assert torch.equal(x_adv, apgd(net, x, y, eps=0.1, steps=10, seed=1))
+    with pytest.raises(ConfigError, match="stepz"):
+        fn(net, x, y, threat, stepz=10)
+
+
+def test_bad_arguments_raise() -> None:
+    x, y = _toy_data(4, seed=0)
+    with pytest.raises(ConfigError):
+        apgd(Constant(), x, y, eps=0.1, norm="l1")
+    with pytest.raises(ConfigError):
+        apgd(Constant(), x, y, eps=0.1, rho=1.5)
+    with pytest.raises(ConfigError):
+        apgd(Constant(), x, y, eps=-0.1)
