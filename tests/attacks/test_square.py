@@ -201,7 +201,8 @@ def test_registered_with_the_threat_signature(net, test_set) -> None:
     x, y = test_set
     fn = get_attack("square")
     threat = ThreatModel(eps=0.1, alpha=0.01, steps=5)
-    assert torch.equal(fn(net, x, y, threat, queries=20, seed=2), square(net, x, y, eps=0.1, queries=20, seed=2))
+    expected = square(net, x, y, eps=0.1, queries=20, seed=2)
+    assert torch.equal(fn(net, x, y, threat, queries=20, seed=2), expected)
     with pytest.raises(ConfigError, match="L-inf"):
         fn(net, x, y, ThreatModel(norm="l2", eps=0.5, alpha=0.1, steps=5))
     with pytest.raises(ConfigError, match="querys"):
