@@ -32,7 +32,20 @@ if TYPE_CHECKING:
     from ..config import PruneConfig
     from ._base import PruneContext
 
-__all__ = ["allocate", "layer_ratios", "resolve_sparsity", "keep_fraction_from_compression"]
+__all__ = ["allocate", "allocation_option_keys", "layer_ratios", "resolve_sparsity",
+           "keep_fraction_from_compression"]
+
+
+def allocation_option_keys(allocation: str) -> set[str]:
+    """``PruneConfig.options`` keys that belong to the allocation rather than the method (mrs's
+    ``eps_w``, ``passes``, ``n_batches``, ``mrs_lr``, ``r_max``)."""
+    if allocation == "mrs":
+        try:
+            from .mrs import MRS_DEFAULTS
+        except ImportError:
+            return set()
+        return set(MRS_DEFAULTS)
+    return set()
 
 
 def keep_fraction_from_compression(compression: float, *, total: int, prunable: int) -> float:

@@ -46,8 +46,10 @@ The method API (stable; learned methods build on it)
   options are ``self.options``).
 * ``scores(ctx) -> {layer name: tensor shaped like the weight}``: importance per weight element,
   higher = keep. ``unit_scores(ctx, granularity)`` aggregates them per kernel ``(C_out, C_in)`` or
-  per output channel ``(C_out,)`` (sum over the unit; override for criteria whose aggregate is not a
-  sum, e.g. LAMP, Taylor).
+  per output channel ``(C_out,)`` (by default the mean over the unit: the same ranking as the sum
+  within a layer, and comparable across layers whose kernels differ in size, e.g. 3x3 convs and
+  linear layers under a global threshold; override for criteria whose aggregate is not a mean,
+  e.g. LAMP, Taylor).
 * ``apply(ctx) -> PruneReport``: the default turns unit scores into masks through the configured
   allocation (``_allocation.allocate``) and granularity, or hands channel granularity to
   ``_structured.prune_channels_``. Learned methods override ``apply`` and finish with
@@ -516,7 +518,8 @@ class PruningMethod:
         default_options: the method's hyperparameters and their defaults; ``PruneConfig.options``
             overrides them, unknown keys raise ``ConfigError``.
         reduction: how ``unit_scores`` aggregates per-weight scores into kernels/channels
-            ("sum", "l2" or "mean").
+            ("mean", "sum" or "l2"). The mean keeps per-unit scores on the per-weight scale, so a
+            global threshold compares 3x3 kernels and single linear weights fairly.
         normalize_channels: divide each channel group's scores by their mean absolute value before a
             global channel ranking (Torch-Pruning's ``normalizer="mean"``), so layers with large
             fan-in do not dominate. Criteria whose scores are already comparable (LAMP) set False.
@@ -530,7 +533,7 @@ class PruningMethod:
     needs_data: ClassVar[bool] = False
     needs_threat: ClassVar[bool] = False
     default_options: ClassVar[Mapping[str, Any]] = {}
-    reduction: ClassVar[str] = "sum"
+    reduction: ClassVar[str] = "mean"
     normalize_channels: ClassVar[bool] = True
     min_keep_per_layer: ClassVar[int] = 0
 
@@ -671,7 +674,7 @@ def prune_(
             does not support (names the method, the value and the supported ones); missing loader or
             threat; a bad layer name or compression.
     """
-    from ._allocation import resolve_sparsity
+    from ._allocation import allocation_option_keys, resolve_sparsity
 
     t0 = time.perf_counter()
     method_cls = get_method(cfg.method)
@@ -681,7 +684,10 @@ def prune_(
     if cfg.allocation not in method_cls.allocations:
         raise ConfigError(f"prune.allocation: method {cfg.method!r} does not support {cfg.allocation!r}; "
                           f"expected one of: {', '.join(method_cls.allocations)}")
-    method = method_cls(cfg.options)
+    # options of the allocation (e.g. mrs's r_max) travel in the same mapping; the method sees its own
+    alloc_keys = allocation_option_keys(cfg.allocation)
+    method = method_cls({k: v for k, v in cfg.options.items()
+                         if k in method_cls.default_options or k not in alloc_keys})
     if method_cls.needs_data and loader is None:
         raise ConfigError(f"prune.method: {cfg.method!r} scores weights on data; pass loader=")
     if method_cls.needs_threat and threat is None:

@@ -3,7 +3,7 @@
 ``g`` is the gradient of the batch-mean cross-entropy w.r.t. the weights, computed as ShrinkBench's
 ``get_param_gradients`` does: the model in ``train()`` mode (BatchNorm on batch statistics) on the
 first batch of the loader. With ``n_batches > 1`` the per-batch gradients are averaged. Kernel and
-channel scores sum ``|w * g|`` over the unit.
+channel scores average ``|w * g|`` over the unit.
 """
 
 from __future__ import annotations

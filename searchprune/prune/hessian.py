@@ -3,8 +3,9 @@
 ``I = w^2 * E[g^2]``, where the expectation is over **per-sample** gradients of the cross-entropy:
 the empirical Fisher's diagonal approximates the Hessian's. Per-sample gradients come from one
 forward of a batch in ``eval()`` mode (BatchNorm on running statistics, so samples do not interact)
-and one backward per sample. Kernel and channel scores sum ``I`` over the unit (Torch-Pruning:
-``I_c = sum_i w_{c,i}^2 E[g_{c,i}^2]``).
+and one backward per sample. Kernel and channel scores are the sum of ``I`` over the unit
+(Torch-Pruning: ``I_c = sum_i w_{c,i}^2 E[g_{c,i}^2]``), divided by the unit's size so kernels of
+different layers compare on one scale (the ranking within a layer is the sum's).
 """
 
 from __future__ import annotations

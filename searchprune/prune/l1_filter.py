@@ -22,6 +22,7 @@ class L1Filter(PruningMethod):
     """Filters scored by ``sum |w|`` over the filter (``(C_in, kh, kw)``); convs only. No options."""
 
     granularities = ("channel",)
+    reduction = "sum"  # the filter's L1 norm
 
     def select_layers(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
         return {n: m for n, m in layers.items() if isinstance(m, nn.modules.conv._ConvNd)}

@@ -1,6 +1,7 @@
 """Magnitude pruning: ShrinkBench's GlobalMagWeight / LayerMagWeight (importance ``|w|``).
 
-Kernel and channel scores are the L1 norms of the kernel / filter (sum of ``|w|``).
+Kernel and channel scores are the mean ``|w|`` of the kernel / filter (the L1 norm divided by the
+unit's size: the same ranking as the L1 norm within a layer).
 """
 
 from __future__ import annotations
