@@ -211,6 +211,7 @@ def apply_mask_(module: nn.Module, mask: torch.Tensor) -> None:
         existing[0].mask.copy_(mask)
     else:
         parametrize.register_parametrization(module, "weight", Mask(mask))
+        module.parametrizations.train(module.training)  # new containers default to train mode
     with torch.no_grad():
         weight_param(module).mul_(mask)
 
@@ -277,6 +278,7 @@ def restore_masks_(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> 
             raise ValueError(f"{key}: saved mask shape {tuple(value.shape)} does not match the "
                              f"model's weight {tuple(weight_param(module).shape)}")
         parametrize.register_parametrization(module, "weight", Mask(torch.ones_like(value)))
+        module.parametrizations.train(module.training)
     return model
 
 

@@ -38,18 +38,23 @@ def frozen_bn_stats(model: nn.Module, *, enabled: bool = True) -> Iterator[nn.Mo
     """Restores BatchNorm running statistics on exit, so a train-mode forward leaves no trace.
 
     With ``enabled=False`` this does nothing (the statistics keep whatever the forwards did).
+    The forwards update stand-in copies; the original buffers are put back untouched on exit (never
+    written in place, so autograd graphs that saved the copies stay valid).
     """
     saved: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
     if enabled:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
-                saved.append((m, {k: b.detach().clone() for k, b in m.named_buffers(recurse=False)}))
+                bufs = dict(m.named_buffers(recurse=False))
+                saved.append((m, bufs))
+                for k, b in bufs.items():
+                    setattr(m, k, b.detach().clone())
     try:
         yield model
     finally:
         for m, bufs in saved:
             for k, b in bufs.items():
-                getattr(m, k).copy_(b)
+                setattr(m, k, b)
 
 
 def weight_grads(ctx: PruneContext, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

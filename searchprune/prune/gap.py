@@ -5,7 +5,7 @@ made it fall for a known set of adversarial examples (it then resists transfer a
 uncompressed parent). As in the authors' ShrinkBench fork (``jonahobw/shrinkbench``):
 
 1. Put the model in ``train()`` mode (BatchNorm on batch statistics; its running statistics are
-   updated as a side effect, unless ``update_bn_stats=False``).
+   updated as a side effect, so later batches' attacks see them, unless ``update_bn_stats=False``).
 2. For each batch (x, y) of the loader (all, or the first ``n_batches``): x_adv = PGD(model, x)
    labelled by the model's own predictions (cleverhans with ``y=None``), with random start and no
    early stopping; loss = mean CE(model(x_adv), y); the gradients are **summed** over batches:
@@ -62,11 +62,13 @@ def adversarial_gradients(ctx: PruneContext, *, n_batches: int | None, update_bn
     """
     total: dict[str, torch.Tensor] = {}
     batches, loss_sum, images = 0, 0.0, 0
-    with frozen_bn_stats(ctx.model, enabled=not update_bn_stats), module_mode(ctx.model, train=True):
+    with module_mode(ctx.model, train=True):
         for x, y in ctx.batches(n_batches):
-            x_adv = adversarial_batch(ctx, x, None, method="gap", y_from_model=True,
-                                      random_start=random_start, overrides=attack)
-            logits = ctx.model(x_adv)
+            # with update_bn_stats=False every batch sees the caller's running statistics
+            with frozen_bn_stats(ctx.model, enabled=not update_bn_stats):
+                x_adv = adversarial_batch(ctx, x, None, method="gap", y_from_model=True,
+                                          random_start=random_start, overrides=attack)
+                logits = ctx.model(x_adv)
             grads = weight_grads(ctx, logits, y)
             with torch.no_grad():
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, y)) * len(y)

@@ -35,12 +35,13 @@ class MagGrad(PruningMethod):
         n = check_positive_int(self.name, "n_batches", self.options["n_batches"])
         total: dict[str, torch.Tensor] = {}
         used = 0
-        with frozen_bn_stats(ctx.model, enabled=not self.options["update_bn_stats"]), \
-                module_mode(ctx.model, train=True):
+        with module_mode(ctx.model, train=True):
             for x, y in ctx.batches(n):
-                if self.options["adversarial"]:
-                    x = adversarial_batch(ctx, x, y, method=self.name)
-                grads = weight_grads(ctx, ctx.model(x), y)
+                with frozen_bn_stats(ctx.model, enabled=not self.options["update_bn_stats"]):
+                    if self.options["adversarial"]:
+                        x = adversarial_batch(ctx, x, y, method=self.name)
+                    logits = ctx.model(x)
+                grads = weight_grads(ctx, logits, y)
                 for k, g in grads.items():
                     total[k] = total[k] + g if k in total else g
                 used += 1
