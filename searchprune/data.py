@@ -572,7 +572,7 @@ def _safe_extract(tar: tarfile.TarFile, root: Path) -> None:
     for m in tar.getmembers():
         target = (base / m.name).resolve()
         if not (m.isfile() or m.isdir()) or (base != target and base not in target.parents):
-            raise ConfigError(f"refusing to extract {m.name!r} from {tar.name}")
+            raise ConfigError(f"refusing to extract {m.name!r} from {tar.name!r}")
     tar.extractall(root)
 
 

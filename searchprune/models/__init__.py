@@ -14,6 +14,6 @@ from __future__ import annotations
 # family modules register their models on import
 from . import cnn, mobilenetv2, preact_resnet, resnet_cifar, vgg, wrn  # noqa: F401
 from ._normalize import Normalize
-from ._registry import build_model, create_model, list_models, register_model
+from ._registry import build_model, create_model, list_models, mark_classifier, register_model
 
-__all__ = ["Normalize", "build_model", "create_model", "list_models", "register_model"]
+__all__ = ["Normalize", "build_model", "create_model", "list_models", "mark_classifier", "register_model"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
 
@@ -24,9 +24,10 @@ from ..utils import ConfigError, Registry
 if TYPE_CHECKING:
     from ..data import DatasetInfo
 
-__all__ = ["register_model", "list_models", "create_model", "build_model", "MODELS"]
+__all__ = ["register_model", "list_models", "create_model", "build_model", "mark_classifier", "MODELS"]
 
 ModelFn = Callable[..., nn.Module]
+_M = TypeVar("_M", bound=nn.Module)
 
 MODELS: Registry[ModelFn] = Registry("model")
 
@@ -61,7 +62,7 @@ def _as_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(hw) != 2 or not all(isinstance(v, int) and v >= 1 for v in hw):
         raise ConfigError(f"image_size: expected (H, W) with positive integers, got {image_size!r}")
-    return hw  # type: ignore[return-value]
+    return hw[0], hw[1]
 
 
 def require_min_size(model: str, image_size: Sequence[int], minimum: int) -> None:
@@ -148,13 +149,24 @@ def _load_factory(spec: str) -> Callable[..., Any]:
     return obj
 
 
-def _mark_classifier(model: nn.Module) -> None:
+def mark_classifier(module: _M) -> _M:
+    """Sets ``module.is_classifier = True`` (the ShrinkBench convention pruning methods read).
+
+    Returns:
+        ``module``, for use inline: ``self.fc = mark_classifier(nn.Linear(128, num_classes))``.
+    """
+    # setattr: nn.Module's typed __setattr__ only admits tensors and modules for type checkers
+    setattr(module, "is_classifier", True)
+    return module
+
+
+def _mark_last_linear(model: nn.Module) -> None:
     """Marks the last ``nn.Linear`` as the classifier when a factory's model marks nothing."""
     if any(getattr(m, "is_classifier", False) for m in model.modules()):
         return
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if linears:
-        linears[-1].is_classifier = True
+        mark_classifier(linears[-1])
 
 
 def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
@@ -182,15 +194,16 @@ def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     assert cfg.factory is not None  # ModelConfig guarantees exactly one of arch/factory
     fn = _load_factory(cfg.factory)
     _check_kwargs(fn, dict(cfg.kwargs), f"model.factory {cfg.factory!r}")
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature: pass only the user's kwargs
         params = {}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    call_args = {k: v for k, v in args.items() if takes_all or k in params}
+    call_args = {k: v for k, v in args.items() if takes_all or k in params or k in cfg.kwargs}
     model = fn(**call_args)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.factory {cfg.factory!r}: expected it to return an nn.Module, "
                           f"got {type(model).__name__}")
-    _mark_classifier(model)
+    _mark_last_linear(model)
     return model

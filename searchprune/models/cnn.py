@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._normalize import Normalize
-from ._registry import register_model, require_min_size
+from ._registry import mark_classifier, register_model, require_min_size
 
 __all__ = ["EightLayerConv", "MnistSmall", "cnn8", "mnist_small"]
 
@@ -63,8 +63,7 @@ class EightLayerConv(nn.Module):
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(c_in * h * w, 128)  # 128 * 4 * 4 = 2048 for 28x28 and 32x32
         self.relu7 = nn.ReLU()
-        self.fc2 = nn.Linear(128, num_classes)
-        self.fc2.is_classifier = True
+        self.fc2 = mark_classifier(nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)  # (B, C, H, W)
@@ -112,12 +111,12 @@ class MnistSmall(nn.Module):
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(32 * h * w, 100)
         self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(100, num_classes)
-        self.fc2.is_classifier = True
+        self.fc2 = mark_classifier(nn.Linear(100, num_classes))
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu1(self.conv1(self.normalize(x)))  # (B, 16, H/2, W/2)

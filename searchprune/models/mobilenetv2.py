@@ -16,7 +16,7 @@ from torch import nn
 
 from ..utils import ConfigError
 from ._normalize import Normalize
-from ._registry import register_model
+from ._registry import mark_classifier, register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenetv2_cifar"]
 
@@ -101,8 +101,7 @@ class MobileNetV2(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(c_in, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU())
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.linear = nn.Linear(last, num_classes)
-        self.linear.is_classifier = True
+        self.linear = mark_classifier(nn.Linear(last, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._normalize import Normalize
-from ._registry import register_model
+from ._registry import mark_classifier, register_model
 
 __all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
 
@@ -83,8 +83,7 @@ class PreActResNet(nn.Module):
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.linear = nn.Linear(in_planes, num_classes)
-        self.linear.is_classifier = True
+        self.linear = mark_classifier(nn.Linear(in_planes, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ._normalize import Normalize
-from ._registry import register_model
+from ._registry import mark_classifier, register_model
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56"]
 
@@ -91,8 +91,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.linear = nn.Linear(64, num_classes)
-        self.linear.is_classifier = True
+        self.linear = mark_classifier(nn.Linear(64, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

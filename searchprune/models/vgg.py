@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._normalize import Normalize
-from ._registry import register_model, require_min_size
+from ._registry import mark_classifier, register_model, require_min_size
 
 __all__ = ["VGG", "vgg16_bn"]
 
@@ -61,13 +61,13 @@ class VGG(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(c * 2 * 2, 256), nn.ReLU(),
             nn.Linear(256, 256), nn.ReLU(),
-            nn.Linear(256, num_classes),
+            mark_classifier(nn.Linear(256, num_classes)),
         )
-        self.classifier[-1].is_classifier = True
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..utils import ConfigError
 from ._normalize import Normalize
-from ._registry import register_model
+from ._registry import mark_classifier, register_model
 
 __all__ = ["WideBasic", "WideResNet", "wrn_28_4"]
 
@@ -104,8 +104,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(in_planes, num_classes)
-        self.fc.is_classifier = True
+        self.fc = mark_classifier(nn.Linear(in_planes, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
