@@ -51,12 +51,19 @@ def default_storage_url(cfg: StudyConfig) -> str:
     return f"sqlite:///{path}"
 
 
-def make_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int = 180,
+def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retry: int = 2) -> optuna.storages.BaseStorage:
     """Storage from a URL: ``sqlite:///``, ``postgresql://``, ``mysql://`` (RDB, with heartbeats
     so a killed worker's trial is retried elsewhere) or a journal file path (``*.log``, or
     ``journal:PATH``) for many processes on one machine or a shared filesystem.
+
+    Heartbeat interval and grace period (seconds) default to ``$SEARCHPRUNE_HEARTBEAT_INTERVAL``
+    (60) and ``$SEARCHPRUNE_HEARTBEAT_GRACE`` (180); the variables reach worker processes too.
     """
+    if heartbeat_interval is None:
+        heartbeat_interval = int(os.environ.get("SEARCHPRUNE_HEARTBEAT_INTERVAL", 60))
+    if grace_period is None:
+        grace_period = int(os.environ.get("SEARCHPRUNE_HEARTBEAT_GRACE", 180))
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         path = url.removeprefix("journal:")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,10 @@ def make_sampler(name: str, *, seed: int | None, options: Mapping[str, Any] | No
     if name == "nsga3":
         return optuna.samplers.NSGAIIISampler(seed=seed, **opts)
     if name == "gp":
+        try:
+            import scipy  # noqa: F401  (optuna's GPSampler optimizes its acquisition with scipy)
+        except ImportError:
+            raise ConfigError("sampler 'gp' needs scipy: pip install scipy") from None
         return optuna.samplers.GPSampler(seed=seed, **opts)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -175,8 +186,23 @@ def baseline_trials(cfg: StudyConfig) -> list[dict[str, Any]]:
                     f"baselines: {entry!r} sets {', '.join(missing)}, which the space does not search and the "
                     "defaults do not match; add them to the space (or pin them there) to enqueue this baseline"
                 )
+            # a categorical or pinned value outside the space would fail the trial when Optuna replays it
+            # (ranges are fine: the dense model's sparsity 0 sits below a searched range on purpose)
+            outside = [f"{k}={v!r} (space allows: {', '.join(map(str, _allowed(cfg.space[k])))})"
+                       for k, v in params.items() if k in cfg.space and _allowed(cfg.space[k]) is not None
+                       and v not in _allowed(cfg.space[k])]
+            if outside:
+                raise ConfigError(f"baselines: {entry!r} sets {'; '.join(outside)}; add the value to the space "
+                                  "to enqueue this baseline")
             out.append({k: v for k, v in params.items() if k in cfg.space})
     return out
+
+
+def _allowed(spec: Any) -> tuple[Any, ...] | None:
+    """The values a categorical or pinned space entry can take; None for ranges."""
+    if spec.type == "categorical":
+        return tuple(spec.choices or ())
+    return (spec.value,) if spec.type == "fixed" else None
 
 
 def _study_sparsities(cfg: StudyConfig) -> Sequence[float]:
@@ -251,6 +277,7 @@ def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | No
         cfg = build(StudyConfig, {**to_dict(cfg), "name": name})
     validate_names(cfg)
     validate_space(cfg.space)
+    baselines = baseline_trials(cfg)  # refuse a baseline the space cannot express before storing anything
     url = storage or cfg.storage or default_storage_url(cfg)
     store = make_storage(url)
     if cfg.name in optuna.get_all_study_names(store):
@@ -267,7 +294,7 @@ def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | No
     study.set_user_attr(CONFIG_ATTR, resolved)
     study.set_user_attr("storage_url", url)
     study.set_user_attr("artifact_dir", str(Path(artifact_dir or cfg.out_path / "artifacts").resolve()))
-    for params in baseline_trials(cfg):
+    for params in baselines:
         study.enqueue_trial(params, user_attrs={"baseline": True})
     return study
 
@@ -404,7 +431,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         from .trial import TrialGated, run_trial
 
-        seed = self.cfg.seed * 100_003 + trial.number
+        # a heartbeat retry inherits the killed trial's user attrs: rerun it with the same seed
+        seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
         trial.set_user_attr("seed", seed)
         try:
             params = suggest_params(trial, self.cfg.space, self.cfg.defaults, seed=seed,
@@ -476,7 +504,20 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished trials that count toward the target. A trial failed by a stale heartbeat and
+    re-queued by ``RetryHeartbeatStaleTrialCallback`` does not: its retry takes its place."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return sum(t.state in FINISHED and not (t.state == TrialState.FAIL and t.number in retried)
+               for t in trials)
+
+
+def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Callback stopping a worker once the study has ``target`` finished trials (any worker's)."""
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if _finished(study) >= target:
+            study.stop()
+    return callback
 
 
 def _worker(name: str, storage: str, n_trials: int, target: int, device: str | None, threads: int | None,
@@ -488,9 +529,8 @@ def _worker(name: str, storage: str, n_trials: int, target: int, device: str | N
     ctx = build_context(cfg, device=device, progress=not quiet)
     art = artifact_dir or study.user_attrs.get("artifact_dir")
     objective = Objective(cfg, ctx, artifact_dir=art, storage=study._storage)
-    stop_at_target = optuna.study.MaxTrialsCallback(target, states=FINISHED)
     study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-                   callbacks=[stop_at_target], gc_after_trial=True)
+                   callbacks=[_stop_at(target)], gc_after_trial=True)
 
 
 def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: int = 1,
