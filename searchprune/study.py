@@ -235,7 +235,7 @@ def _default_of(defaults: TrialDefaults, dotted: str) -> Any:
 
 def validate_names(cfg: StudyConfig) -> None:
     """Checks every registered name the config uses (dataset, model, methods, recipes, attacks)."""
-    from .attacks import ATTACKS
+    from .attacks import list_attacks
     from .data import list_datasets
     from .models import list_models
     from .prune import list_methods
@@ -249,7 +249,7 @@ def validate_names(cfg: StudyConfig) -> None:
     if cfg.model.arch is not None:
         check(cfg.model.arch, list_models(), "model.arch")
     for a in (*cfg.eval.attacks, *cfg.eval.export_attacks):
-        check(a, ATTACKS.names(), "eval.attacks")
+        check(a, list_attacks(), "eval.attacks")
     if cfg.eval.objective == "pgd" and "pgd" not in cfg.eval.attacks:
         raise ConfigError("eval.objective: 'pgd' needs 'pgd' in eval.attacks")
     if cfg.model.train is not None:
