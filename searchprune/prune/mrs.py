@@ -283,11 +283,11 @@ def _write_cache(path: Path, key: str, scores: Mapping[str, float], meta: Mappin
 
 
 def _layer_size(module: nn.Module, granularity: str) -> int:
+    """What the sparsity counts in this layer: output channels for channel granularity, weights
+    otherwise (kernel sparsity is still a fraction of weights)."""
     w = _weight_tensor(module)
     if granularity == "channel":
-        return int(w.shape[0])  # channel sparsity counts output channels
-    if granularity == "kernel" and w.dim() > 2:
-        return int(w.shape[0] * w.shape[1])
+        return int(w.shape[0])
     return int(w.numel())
 
 
