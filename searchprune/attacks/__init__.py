@@ -1,0 +1,40 @@
+"""Adversarial attacks and robust evaluation.
+
+Every registered attack has the signature ``fn(model, x, y, threat: ThreatModel, **options) ->
+x_adv``; :func:`evaluate` runs any of them by name. The keyword-level functions (:func:`pgd`,
+:func:`fgsm`, ...) are for code that sets every knob itself (training, pruning criteria).
+
+Example:
+    >>> threat = ThreatModel(eps=0.1, alpha=0.01, steps=20)
+    >>> result = evaluate(model, loader, threat, attacks=("fgsm", "pgd"), max_images=1000)
+    >>> result.clean, result.robust["pgd"], result.worst
+"""
+
+from __future__ import annotations
+
+# Importing each attack module registers its attacks; adding an attack = one module + one line.
+from . import fgsm as _fgsm_module  # noqa: F401
+from . import pgd as _pgd_module  # noqa: F401
+from . import transfer as _transfer_module  # noqa: F401
+from ._base import (
+    EvalResult,
+    accuracy,
+    ascent_step,
+    eval_mode,
+    evaluate,
+    get_attack,
+    list_attacks,
+    project,
+    random_start,
+    register_attack,
+    robust_accuracy,
+)
+from .fgsm import fgsm
+from .pgd import pgd
+from .transfer import transfer_accuracy, transfer_examples
+
+__all__ = [
+    "EvalResult", "accuracy", "ascent_step", "eval_mode", "evaluate", "fgsm", "get_attack", "list_attacks",
+    "pgd", "project", "random_start", "register_attack", "robust_accuracy", "transfer_accuracy",
+    "transfer_examples",
+]
