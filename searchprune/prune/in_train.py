@@ -454,20 +454,6 @@ class HardwareLoss:
 _ADAPTIVE_RANGE = (1e-2, 1e2)
 
 
-def _lr_factor(cfg: Any, t: float) -> float:
-    """``train_``'s learning-rate multiplier at training fraction ``t`` (TrainConfig semantics)."""
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "step":
-        return cfg.gamma ** sum(1 for m in cfg.milestones if t >= m)
-    if cfg.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    if cfg.schedule == "cyclic":
-        p = cfg.cyclic_peak
-        return t / p if t < p else (1.0 - t) / (1.0 - p)
-    return 1.0
-
-
 def lam_auto(mean_grad: float, cfg: Any, *, steps: int, start: float, end: float) -> float:
     """The default penalty weight: large enough that the penalty alone takes a mask of average
     cost from ``M = 1`` across the pruning boundary (``M = -0.5``) by the middle of the pruning
@@ -482,9 +468,11 @@ def lam_auto(mean_grad: float, cfg: Any, *, steps: int, start: float, end: float
         steps: optimizer steps of the whole run.
         start, end: the pruning window as fractions of the run.
     """
-    n = 200
-    ts = [start + (end - start) * (i + 0.5) / n for i in range(n)]
-    lr = cfg.lr * sum(_lr_factor(cfg, t) for t in ts) / n
+    from ..train import scheduled_lr
+
+    first, last = int(start * steps), max(int(start * steps) + 1, min(steps, int(end * steps)))
+    lr = sum(scheduled_lr(cfg, step=k, total=steps) for k in range(first, last)) / (last - first)
+    lr = max(lr, 1e-3 * cfg.lr)  # a window where the schedule is ~0 (cyclic start) must not blow up lam
     speed = 1.0 / (1.0 - cfg.momentum) if cfg.optimizer == "sgd" else 1.0
     half_window = max(1.0, 0.5 * (end - start) * steps)
     return 1.5 / (lr * speed * half_window * mean_grad * 0.5 * 0.65)
@@ -496,6 +484,11 @@ def _steps_per_epoch(loader: Any, cfg: Any) -> int:
     except TypeError:
         raise ConfigError("in_train needs a loader with len() (searchprune.data.BatchLoader)") from None
     return min(n, cfg.max_batches) if cfg.max_batches is not None else n
+
+
+def _total_steps(loader: Any, cfg: Any) -> int:
+    """Optimizer steps ``train_`` will run (its own rounding of fractional epochs)."""
+    return max(1, math.floor(cfg.epochs * _steps_per_epoch(loader, cfg) + 0.5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,7 +610,7 @@ class InTrain(PruningMethod):
             hc = HardwareCost.for_layers(positions, modules, masks, o["cost"])
             frozen = list(masks.values())
 
-        steps = max(1, int(round(cfg.epochs * _steps_per_epoch(ctx.loader, cfg))))
+        steps = _total_steps(ctx.loader, cfg)
         logits = [m.mask_logits for m in frozen]
         lam = o["lam"]
         if lam is None:
