@@ -325,8 +325,11 @@ def mrs_ratios_for(ctx: Any) -> dict[str, float]:
         if scores is not None and set(scores) != set(layers):
             scores = None
     if scores is None:
-        scores = mrs_scores(ctx.model, layers, ctx.loader, ctx.threat, eps_w=float(opts["eps_w"]),
-                            passes=int(opts["passes"]), n_batches=int(opts["n_batches"]),
+        n_batches = int(opts["n_batches"])
+        # the context's batches are on the model's device; a bare loader is used as it is
+        batches = ctx.batches(n_batches) if hasattr(ctx, "batches") else ctx.loader
+        scores = mrs_scores(ctx.model, layers, batches, ctx.threat, eps_w=float(opts["eps_w"]),
+                            passes=int(opts["passes"]), n_batches=n_batches,
                             lr=float(opts["mrs_lr"]))
         if path is not None:
             _write_cache(path, key, scores, {"options": est_opts, "threat": asdict(ctx.threat)})
