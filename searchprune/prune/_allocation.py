@@ -36,16 +36,18 @@ __all__ = ["allocate", "allocation_option_keys", "layer_ratios", "resolve_sparsi
            "keep_fraction_from_compression"]
 
 
-def allocation_option_keys(allocation: str) -> set[str]:
-    """``PruneConfig.options`` keys that belong to the allocation rather than the method (mrs's
-    ``eps_w``, ``passes``, ``n_batches``, ``mrs_lr``, ``r_max``)."""
+def allocation_option_keys(allocation: str, granularity: str = "weight") -> set[str]:
+    """``PruneConfig.options`` keys that belong to the allocation or the channel surgery rather than
+    the method: mrs's ``eps_w``, ``passes``, ``n_batches``, ``mrs_lr``, ``r_max``, and channel
+    pruning's ``round_to`` (see ``_structured.py``)."""
+    keys = {"round_to"} if granularity == "channel" else set()
     if allocation == "mrs":
         try:
             from .mrs import MRS_DEFAULTS
         except ImportError:
-            return set()
-        return set(MRS_DEFAULTS)
-    return set()
+            return keys
+        keys |= set(MRS_DEFAULTS)
+    return keys
 
 
 def keep_fraction_from_compression(compression: float, *, total: int, prunable: int) -> float:

@@ -527,6 +527,10 @@ class PruningMethod:
             fan-in do not dominate. Criteria whose scores are already comparable (LAMP) set False.
         min_keep_per_layer: units every layer keeps under any allocation (weight/kernel; channel
             groups always keep at least one channel). ShrinkBench criteria: 0; LAMP: 1.
+        target_unit: what ``sparsity`` counts for this method: "weights" (the config's units:
+            prunable weights, or prunable output channels for channel granularity), or, for methods
+            with a cost target such as in-train pruning, "macs" (1 - kept fraction of the model's
+            MACs) or "params". ``PruneReport.sparsity`` is always in the config's units.
     """
 
     name: ClassVar[str] = ""
@@ -538,6 +542,7 @@ class PruningMethod:
     reduction: ClassVar[str] = "mean"
     normalize_channels: ClassVar[bool] = True
     min_keep_per_layer: ClassVar[int] = 0
+    target_unit: ClassVar[str] = "weights"
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -687,7 +692,7 @@ def prune_(
         raise ConfigError(f"prune.allocation: method {cfg.method!r} does not support {cfg.allocation!r}; "
                           f"expected one of: {', '.join(method_cls.allocations)}")
     # options of the allocation (e.g. mrs's r_max) travel in the same mapping; the method sees its own
-    alloc_keys = allocation_option_keys(cfg.allocation)
+    alloc_keys = allocation_option_keys(cfg.allocation, cfg.granularity)
     method = method_cls({k: v for k, v in cfg.options.items()
                          if k in method_cls.default_options or k not in alloc_keys})
     if method_cls.needs_data and loader is None:

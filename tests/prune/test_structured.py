@@ -189,3 +189,17 @@ def test_model_mode_and_bn_statistics_untouched_by_tracing() -> None:
     prune_(model, _channels(0.5), input_shape=shape)
     assert model.training
     assert torch.equal(bn.num_batches_tracked, before)
+
+
+def test_round_to_keeps_multiples_of_the_block() -> None:
+    torch.manual_seed(0)
+    model, shape = _create("resnet20")
+    report = prune_(model, _channels(0.3, options={"round_to": 8}), input_shape=shape)
+    for name, kept in report.kept_channels.items():
+        assert len(kept) % 8 == 0, (name, len(kept))
+    model(torch.rand(1, *shape))
+    with pytest.raises(Exception, match="round_to"):
+        prune_(_create("resnet20")[0], _channels(0.3, options={"round_to": 0}), input_shape=shape)
+    with pytest.raises(Exception, match="round_to"):  # not an option of weight pruning
+        prune_(_create("resnet20")[0], PruneConfig(method="magnitude", options={"round_to": 8}),
+               input_shape=shape)
