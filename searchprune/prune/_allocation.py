@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..utils import ConfigError
-from ._base import count_params
+from ._base import count_params, effective_weight
 
 if TYPE_CHECKING:
     from ..config import PruneConfig
@@ -93,7 +93,7 @@ def resolve_sparsity(model: nn.Module, cfg: PruneConfig, layers: Mapping[str, nn
             "channels removed) for granularity 'channel'"
         )
     total = count_params(model)
-    prunable = sum(m.weight.numel() for m in layers.values())
+    prunable = sum(effective_weight(m).numel() for m in layers.values())
     return 1.0 - keep_fraction_from_compression(cfg.compression, total=total, prunable=prunable)
 
 
@@ -220,7 +220,7 @@ def allocate(
         n_remove = min(round(per[n] * n_units), n_units - min(min_keep, n_units))
         n_remove = max(n_remove, n_dead)
         order = torch.sort(s, stable=True).indices
-        k = torch.ones(n_units, dtype=torch.bool)
-        k[order[:n_remove]] = False
-        keep[n] = k.reshape(unit_scores[n].shape)
+        layer_keep = torch.ones(n_units, dtype=torch.bool)
+        layer_keep[order[:n_remove]] = False
+        keep[n] = layer_keep.reshape(unit_scores[n].shape)
     return keep

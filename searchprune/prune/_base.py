@@ -64,7 +64,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -80,6 +80,7 @@ __all__ = [
     "Mask", "MaskParametrization", "PruneContext", "PruneReport", "PruningMethod",
     "register_method", "list_methods", "get_method", "prune_", "prunable_layers", "is_classifier",
     "apply_mask_", "apply_masks_", "get_mask", "fold_masks_", "restore_masks_", "weight_param",
+    "effective_weight",
     "layer_sparsity", "expand_units", "reduce_to_units", "build_report", "count_params",
 ]
 
@@ -154,6 +155,8 @@ class Mask(MaskParametrization):
             travels with ``state_dict`` as ``<layer>.parametrizations.weight.<i>.mask``).
     """
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.detach().clone())
@@ -168,7 +171,7 @@ class Mask(MaskParametrization):
 def _mask_params(module: nn.Module) -> list[MaskParametrization]:
     if not parametrize.is_parametrized(module, "weight"):
         return []
-    return [p for p in module.parametrizations.weight if isinstance(p, MaskParametrization)]
+    return [p for p in _parametrizations(module).weight if isinstance(p, MaskParametrization)]
 
 
 def weight_param(module: nn.Module) -> nn.Parameter:
@@ -177,8 +180,18 @@ def weight_param(module: nn.Module) -> nn.Parameter:
     Gradients of a criterion are taken w.r.t. this tensor; for masked entries they are zero.
     """
     if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
+        return _parametrizations(module).weight.original
+    return cast(nn.Parameter, module.weight)
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, typed: the effective (masked, quantized) weight of a conv/linear layer."""
+    return cast(torch.Tensor, module.weight)
+
+
+def _parametrizations(module: nn.Module) -> Any:
+    """``module.parametrizations`` (a ModuleDict of ParametrizationLists), untyped for mypy."""
+    return cast(Any, module).parametrizations
 
 
 def get_mask(module: nn.Module) -> torch.Tensor | None:
@@ -211,7 +224,7 @@ def apply_mask_(module: nn.Module, mask: torch.Tensor) -> None:
         existing[0].mask.copy_(mask)
     else:
         parametrize.register_parametrization(module, "weight", Mask(mask))
-        module.parametrizations.train(module.training)  # new containers default to train mode
+        _parametrizations(module).train(module.training)  # new containers default to train mode
     with torch.no_grad():
         weight_param(module).mul_(mask)
 
@@ -235,7 +248,7 @@ def fold_masks_(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module, "weight"):
             continue
-        plist = list(module.parametrizations.weight)
+        plist = list(_parametrizations(module).weight)
         masks = [p for p in plist if isinstance(p, MaskParametrization)]
         if not masks:
             continue
@@ -244,12 +257,12 @@ def fold_masks_(model: nn.Module) -> nn.Module:
             continue
         others = [p for p in plist if not isinstance(p, MaskParametrization)]
         with torch.no_grad():
-            masked = module.parametrizations.weight.original.detach().clone()
+            masked = _parametrizations(module).weight.original.detach().clone()
             for p in masks:
                 masked = p(masked)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         with torch.no_grad():
-            module.weight.copy_(masked)
+            effective_weight(module).copy_(masked)
         for p in others:
             parametrize.register_parametrization(module, "weight", p)
     return model
@@ -278,7 +291,7 @@ def restore_masks_(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> 
             raise ValueError(f"{key}: saved mask shape {tuple(value.shape)} does not match the "
                              f"model's weight {tuple(weight_param(module).shape)}")
         parametrize.register_parametrization(module, "weight", Mask(torch.ones_like(value)))
-        module.parametrizations.train(module.training)
+        _parametrizations(module).train(module.training)
     return model
 
 
@@ -296,7 +309,7 @@ def layer_sparsity(
     out = {}
     with torch.no_grad():
         for name, m in layers.items():
-            w = m.weight
+            w = effective_weight(m)
             out[name] = float((w == 0).sum().item() / max(1, w.numel()))
     return out
 
@@ -310,7 +323,7 @@ def count_params(model: nn.Module, *, nonzero: bool = False) -> int:
                 continue
             total += int((p != 0).sum().item()) if nonzero else p.numel()
         if parametrize.is_parametrized(m):
-            for tname in m.parametrizations:
+            for tname in _parametrizations(m):
                 t = getattr(m, tname)
                 total += int((t != 0).sum().item()) if nonzero else t.numel()
     return total
@@ -478,7 +491,7 @@ def build_report(
     if structural:
         if kept_channels is None or out_channels_before is None or weights_before is None:
             raise ValueError("a structural report needs kept_channels, out_channels_before, weights_before")
-        kept_w = sum(int((m.weight != 0).sum().item()) for m in ctx.layers.values())
+        kept_w = sum(int((effective_weight(m) != 0).sum().item()) for m in ctx.layers.values())
         weight_sp = 1.0 - kept_w / max(1, sum(weights_before.values()))
         per_layer = {n: 0.0 for n in ctx.layers}
         for n, before in out_channels_before.items():
@@ -486,7 +499,7 @@ def build_report(
         kept_total = sum(len(kept_channels[n]) for n in out_channels_before)
         sparsity = 1.0 - kept_total / max(1, sum(out_channels_before.values()))
     else:
-        sizes = {n: m.weight.numel() for n, m in ctx.layers.items()}
+        sizes = {n: effective_weight(m).numel() for n, m in ctx.layers.items()}
         zeros = sum(zero_frac[n] * sizes[n] for n in sizes)
         weight_sp = zeros / max(1, sum(sizes.values()))
         per_layer, sparsity = zero_frac, weight_sp
@@ -586,7 +599,7 @@ class PruningMethod:
         units = {n: s.detach().float() for n, s in self.unit_scores(ctx, gran).items()}
         sizes = {}
         for name, m in ctx.layers.items():
-            w = m.weight
+            w = effective_weight(m)
             u = units[name]
             sizes[name] = w.numel() // max(1, u.numel())
             old = get_mask(m)
@@ -602,7 +615,7 @@ class PruningMethod:
             min_keep=self.min_keep_per_layer,
         )
         for name, m in ctx.layers.items():
-            apply_mask_(m, expand_units(keep[name], m.weight.shape, gran))
+            apply_mask_(m, expand_units(keep[name], effective_weight(m).shape, gran))
         return build_report(ctx, params_before=params_before, extra=self.extra_report())
 
     def extra_report(self) -> dict[str, Any]:

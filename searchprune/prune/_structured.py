@@ -39,8 +39,10 @@ from ._base import (
     PRUNABLE_TYPES,
     MaskParametrization,
     PruneReport,
+    _parametrizations,
     build_report,
     count_params,
+    effective_weight,
     fold_masks_,
     restore_masks_,
     weight_param,
@@ -122,13 +124,13 @@ def prune_channels_(ctx: PruneContext, method: PruningMethod) -> PruneReport:
     model = ctx.model
     for m in model.modules():
         if parametrize.is_parametrized(m):
-            plist = [p for ps in m.parametrizations.values() for p in ps]
+            plist = [p for ps in _parametrizations(m).values() for p in ps]
             if not all(isinstance(p, MaskParametrization) for p in plist):
                 raise ConfigError("prune.granularity: channel pruning needs a model without quantizers "
                                   "or other parametrizations; prune before quantize_")
     fold_masks_(model)
     params_before = count_params(model, nonzero=True)
-    weights_before = {n: m.weight.numel() for n, m in ctx.layers.items()}
+    weights_before = {n: effective_weight(m).numel() for n, m in ctx.layers.items()}
 
     scores = {n: s.detach().float().cpu() for n, s in method.unit_scores(ctx, "channel").items()}
     _, groups = channel_groups(model, ctx.layers, ctx.example_input(1))
@@ -202,7 +204,7 @@ def _round_keep(keep: torch.Tensor, scores: torch.Tensor, round_to: int) -> torc
 
 
 def _out_channels(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    return int(effective_weight(m).shape[0])  # Linear: out_features; conv: out_channels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..utils import ConfigError
-from ._base import PruneContext, PruningMethod, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, register_method
 from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
 
 __all__ = ["GreedyAdversarialPruning", "map_zeros", "adversarial_gradients"]
@@ -123,7 +123,7 @@ class GreedyAdversarialPruning(PruningMethod):
         if o["variant"] == "abs":
             return {k: g.abs() for k, g in G.items()}
         if o["variant"] == "param":
-            return {k: ctx.layers[k].weight.detach() * g for k, g in G.items()}
+            return {k: effective_weight(ctx.layers[k]).detach() * g for k, g in G.items()}
         return G
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, register_method
 from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
 
 __all__ = ["MagGrad"]
@@ -48,4 +48,4 @@ class MagGrad(PruningMethod):
         if used == 0:
             raise ValueError("prune: the loader yielded no batch")
         self._extra = {"batches": used}
-        return {k: (ctx.layers[k].weight.detach() * (g / used)).abs() for k, g in total.items()}
+        return {k: (effective_weight(ctx.layers[k]).detach() * (g / used)).abs() for k, g in total.items()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._base import PruneContext, PruningMethod, register_method, weight_param
+from ._base import PruneContext, PruningMethod, effective_weight, register_method, weight_param
 from ._gradients import adversarial_batch, check_positive_int, module_mode
 
 __all__ = ["Hessian"]
@@ -55,4 +55,5 @@ class Hessian(PruningMethod):
         if seen == 0:
             raise ValueError("prune: the loader yielded no sample")
         self._extra = {"samples": seen}
-        return {name: m.weight.detach() ** 2 * (s / seen) for (name, m), s in zip(ctx.layers.items(), sq)}
+        return {name: effective_weight(m).detach() ** 2 * (s / seen)
+                for (name, m), s in zip(ctx.layers.items(), sq)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import PruneContext, PruningMethod, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, register_method
 
 __all__ = ["L1Filter"]
 
@@ -28,4 +28,4 @@ class L1Filter(PruningMethod):
         return {n: m for n, m in layers.items() if isinstance(m, nn.modules.conv._ConvNd)}
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs() for name, m in ctx.layers.items()}
+        return {name: effective_weight(m).detach().abs() for name, m in ctx.layers.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, reduce_to_units, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
 
 __all__ = ["LAMP", "lamp_scores"]
 
@@ -43,11 +43,12 @@ class LAMP(PruningMethod):
     min_keep_per_layer = 1
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
-        return {name: lamp_scores(m.weight.detach().float() ** 2) for name, m in ctx.layers.items()}
+        return {name: lamp_scores(effective_weight(m).detach().float() ** 2)
+                for name, m in ctx.layers.items()}
 
     def unit_scores(self, ctx: PruneContext, granularity: str) -> dict[str, torch.Tensor]:
         out = {}
         for name, m in ctx.layers.items():
-            sq = reduce_to_units(m.weight.detach().float() ** 2, granularity, "sum")
+            sq = reduce_to_units(effective_weight(m).detach().float() ** 2, granularity, "sum")
             out[name] = lamp_scores(sq)
         return out

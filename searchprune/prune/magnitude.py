@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, register_method
 
 __all__ = ["Magnitude"]
 
@@ -22,4 +22,4 @@ class Magnitude(PruningMethod):
     """
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs() for name, m in ctx.layers.items()}
+        return {name: effective_weight(m).detach().abs() for name, m in ctx.layers.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..utils import ConfigError
-from ._base import PruneContext, PruningMethod, reduce_to_units, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
 
 __all__ = ["RandomPruning"]
 
@@ -43,6 +43,6 @@ class RandomPruning(PruningMethod):
         gen = self._generator()
         out = {}
         for name, m in ctx.layers.items():
-            shape = reduce_to_units(torch.empty(m.weight.shape, device="meta"), granularity).shape
+            shape = reduce_to_units(torch.empty(effective_weight(m).shape, device="meta"), granularity).shape
             out[name] = torch.rand(shape, generator=gen)
         return out

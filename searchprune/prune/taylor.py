@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, reduce_to_units, register_method
+from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
 from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
 
 __all__ = ["Taylor"]
@@ -48,7 +48,8 @@ class Taylor(PruningMethod):
                     x = adversarial_batch(ctx, x, y, method=self.name)
                 grads = weight_grads(ctx, ctx.model(x), y)
                 for k, g in grads.items():
-                    term = reduce_to_units(ctx.layers[k].weight.detach() * g, granularity, "sum") ** 2
+                    wg = effective_weight(ctx.layers[k]).detach() * g
+                    term = reduce_to_units(wg, granularity, "sum") ** 2
                     acc[k] = acc[k] + term if k in acc else term
                 used += 1
         if used == 0:
