@@ -10,7 +10,7 @@ ratio (1.0 = the whole MAC saving shows up as time).
 Target: wherever MACs fall by at least half (MAC ratio >= 2), speedup >= 0.7 x MAC ratio.
 
 Usage:
-    python scripts/bench_prune.py [--threads 2] [--repeats 7] [--sparsities 0.3 0.5 0.7]
+    python scripts/bench_prune.py [--threads 1] [--repeats 7] [--sparsities 0.3 0.5 0.7]
         [--round-to 8] [--fold-bn] [--channels-last]
 
 The machine must be otherwise idle for the ratios to mean anything: on a loaded 2-core machine the
@@ -91,7 +91,8 @@ def bench_model(name: str, sparsities: list[float], *, repeats: int, batch_sizes
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (fixed for all variants)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads, fixed for all variants (1: steadiest when shared)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per variant; the median is reported")
     ap.add_argument("--inner-b1", type=int, default=20, help="forwards averaged per batch-1 timing")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])

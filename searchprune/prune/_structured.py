@@ -2,9 +2,10 @@
 
 The graph is traced once from ``ctx.input_shape``; each *group* is a set of coupled channels that
 must go together (a conv's filters, its BatchNorm, the next layers' input channels, and, in
-residual networks, every conv that writes into the same shortcut sum). The classifier's outputs,
-and every conv/linear layer not in ``ctx.layers``, are ignored, so groups that would touch their
-output channels are left alone and the model's output shape is kept.
+residual networks, every conv that writes into the same shortcut sum). The classifier's outputs
+(the module marked ``is_classifier``, else the last conv/linear layer), and those of every conv/linear
+layer not in ``ctx.layers``, are ignored, so groups that would touch them are left alone and the
+model's output shape is kept.
 
 Sparsity semantics: the target is the fraction of prunable *output channels* removed, counted over
 the conv/linear layers of the prunable groups (a channel shared by k coupled layers counts k
@@ -44,6 +45,7 @@ from ._base import (
     count_params,
     effective_weight,
     fold_masks_,
+    is_classifier,
     restore_masks_,
     weight_param,
 )
@@ -89,7 +91,10 @@ def channel_groups(model: nn.Module, layers: Mapping[str, nn.Module], example: t
     """
     dg = _build_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
-    ignored = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES) and m not in layers.values()]
+    convs = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    # the classifier's outputs are the model's outputs: never removed, even with include_classifier
+    heads = [m for m in convs if is_classifier(m)] or convs[-1:]
+    ignored = [m for m in convs if m not in layers.values() or any(m is h for h in heads)]
     out: list[_ChannelGroup] = []
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
         members = []

@@ -116,9 +116,12 @@ def test_include_first_false_keeps_the_stem_and_its_coupled_channels() -> None:
 def test_classifier_outputs_are_never_removed() -> None:
     torch.manual_seed(0)
     model, shape = _create("vgg16_bn")
-    prune_(model, _channels(0.8, allocation="global"), input_shape=shape)
+    prune_(model, _channels(0.8, allocation="global", include_classifier=True), input_shape=shape)
     cls = [m for m in model.modules() if getattr(m, "is_classifier", False)]
     assert len(cls) == 1 and cls[0].out_features == 10
+    unmarked = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    prune_(unmarked, _channels(0.5), input_shape=(3, 6, 6))  # no is_classifier: the last layer is the head
+    assert unmarked(torch.rand(2, 3, 6, 6)).shape == (2, 5) and unmarked[0].out_channels == 4
 
 
 class Plain(nn.Module):
