@@ -98,14 +98,19 @@ class WeightFakeQuant(nn.Module):
         """The quantization step: shape ``(C_out, 1, ..., 1)`` per channel, ``()`` per tensor."""
         w = w.detach()
         if self.per_channel and w.dim() > 1:
-            amax = w.abs().reshape(w.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
+            rows = w.reshape(w.shape[0], -1)
+            # max(max, -min): no |W| temporary (and aminmax along a dim is 20x slower on CPU)
+            amax = torch.maximum(rows.amax(1), rows.amin(1).neg_()).reshape(-1, *([1] * (w.dim() - 1)))
         else:
-            amax = w.abs().amax()
-        return torch.where(amax > 0, amax / self.qmax, torch.ones_like(amax))
+            amax = torch.maximum(w.amax(), w.amin().neg_())
+        return (amax / self.qmax).masked_fill_(amax == 0, 1.0)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         s = self.scale(w)
-        return torch.clamp(_round(w / s, self.ste), -self.qmax, self.qmax) * s
+        if torch.is_grad_enabled() and w.requires_grad:
+            return torch.clamp(_round(w / s, self.ste), -self.qmax, self.qmax) * s
+        q = torch.div(w, s)  # inference: the same arithmetic in place
+        return q.round_().clamp_(-self.qmax, self.qmax).mul_(s)
 
     def extra_repr(self) -> str:
         gran = "per_channel" if self.per_channel else "per_tensor"
