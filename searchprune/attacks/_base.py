@@ -179,7 +179,12 @@ def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, *, norm: str, alpha: fl
     ``alpha * grad / ||grad||_2`` per example for L2 (zero gradients stay put)."""
     if norm == "linf":
         return x_adv + alpha * grad.sign()
-    return x_adv + alpha * grad / _per_example_norm(grad).clamp_min(1e-12)
+    # A confidently classified example can have a gradient of ~1e-21, whose squares underflow:
+    # rescale by the largest entry first, so any nonzero gradient gets a full step of length alpha.
+    peak = grad.flatten(1).abs().amax(dim=1).view(-1, *([1] * (grad.dim() - 1)))
+    grad = grad / torch.where(peak > 0, peak, torch.ones_like(peak))
+    g_norm = _per_example_norm(grad)
+    return x_adv + alpha * grad / torch.where(g_norm > 0, g_norm, torch.ones_like(g_norm))
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, *, norm: str, eps: float,
