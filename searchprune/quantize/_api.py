@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,10 +30,24 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
 
 
+def _parametrizations(module: nn.Module) -> nn.ModuleDict:
+    """``module.parametrizations`` (tensor name -> ParametrizationList), typed."""
+    return cast(nn.ModuleDict, module.parametrizations)
+
+
+def _weight_plist(module: nn.Module) -> parametrize.ParametrizationList:
+    return cast(parametrize.ParametrizationList, _parametrizations(module)["weight"])
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The effective weight (all parametrizations applied)."""
+    return cast(torch.Tensor, module.weight)
+
+
 def _weight_quantizer(module: nn.Module) -> WeightFakeQuant | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, WeightFakeQuant)), None)
+    return next((p for p in _weight_plist(module) if isinstance(p, WeightFakeQuant)), None)
 
 
 def _act_quant_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -51,8 +65,8 @@ def is_quantized(module: nn.Module) -> bool:
 
 def layer_bitwidths(model: nn.Module) -> dict[str, tuple[int, int | None]]:
     """``{layer name: (weight bits, activation bits or None)}`` of the quantized layers."""
-    return {name: (m.weight_bits, m.act_bits) for name, m in quantizable_layers(model).items()
-            if hasattr(m, "weight_bits")}
+    return {name: (int(getattr(m, "weight_bits")), getattr(m, "act_bits", None))
+            for name, m in quantizable_layers(model).items() if hasattr(m, "weight_bits")}
 
 
 def quantize_(model: nn.Module, cfg: QuantConfig, *, calib_loader: Iterable[Any] | None = None,
@@ -116,11 +130,11 @@ def quantize_(model: nn.Module, cfg: QuantConfig, *, calib_loader: Iterable[Any]
         bits = int((cfg.layer_bits or {}).get(name, cfg.weight_bits))
         # appended after existing parametrizations (pruning masks): quantizes the masked weight
         parametrize.register_parametrization(module, "weight", WeightFakeQuant(bits, per_channel=per_channel))
-        module.weight_bits = bits
-        module.act_bits = cfg.act_bits
+        setattr(module, "weight_bits", bits)  # a plain attribute: count_bitops reads it
+        setattr(module, "act_bits", cfg.act_bits)
         if cfg.act_bits is not None:
-            ref = module.parametrizations.weight.original
-            module.act_quant = ActFakeQuant(cfg.act_bits).to(ref.device)
+            device = _weight_plist(module).original.device
+            module.act_quant = ActFakeQuant(cfg.act_bits).to(device)
             module.register_forward_pre_hook(_act_quant_hook)
 
     if cfg.act_bits is not None and calib_loader is not None:
@@ -254,7 +268,7 @@ def dequantize_(model: nn.Module) -> nn.Module:
     """
     for module in quantizable_layers(model).values():
         if _weight_quantizer(module) is not None:
-            others = [p for p in module.parametrizations.weight if not isinstance(p, WeightFakeQuant)]
+            others = [p for p in _weight_plist(module) if not isinstance(p, WeightFakeQuant)]
             _own_class_(module)
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             for p in others:  # re-register the masks, in their order, on the original weight

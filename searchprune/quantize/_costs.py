@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._api import _act_quant_bypassed, _weight_quantizer, quantizable_layers
+from ._api import _act_quant_bypassed, _parametrizations, _weight, _weight_quantizer, quantizable_layers
 
 __all__ = ["count_bitops", "model_size_bytes", "FLOAT_BITS"]
 
@@ -61,17 +61,17 @@ def model_size_bytes(model: nn.Module) -> int:
         layers = quantizable_layers(model)
         counted = {id(m) for m in layers.values()}
         for module in layers.values():
-            weight = module.weight  # effective: masked and quantized
+            weight = _weight(module)  # effective: masked and quantized
             quant = _weight_quantizer(module)
             bits += int(torch.count_nonzero(weight)) * (quant.bits if quant is not None else FLOAT_BITS)
             if quant is not None:  # the scales
                 bits += (weight.shape[0] if quant.per_channel and weight.dim() > 1 else 1) * FLOAT_BITS
             if not parametrize.is_parametrized(module, "weight"):
-                skip.add(id(module.weight))
+                skip.add(id(weight))
         for module in model.modules():
             if not parametrize.is_parametrized(module):
                 continue
-            for tensor_name, plist in module.parametrizations.items():
+            for tensor_name, plist in _parametrizations(module).items():
                 skip.update(id(t) for t in plist.parameters())
                 skip.update(id(t) for t in plist.buffers())
                 if not (id(module) in counted and tensor_name == "weight"):  # e.g. a masked bias

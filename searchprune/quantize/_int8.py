@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..utils import ConfigError
-from ._api import _own_class_, dequantize_
+from ._api import _own_class_, _parametrizations, dequantize_
 
 __all__ = ["to_int8", "fold_parametrizations_"]
 
@@ -49,7 +49,7 @@ def fold_parametrizations_(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if parametrize.is_parametrized(module):
             _own_class_(module)  # copies of the model share the class this edits
-            for name in list(module.parametrizations.keys()):
+            for name in list(_parametrizations(module).keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 
