@@ -587,12 +587,12 @@ class InTrain(PruningMethod):
         _check_parametrizations(model)
         target = self.target(ctx)
         cfg = self.train_config(ctx)
+        if o["from_scratch"] or gran == "channel":
+            fold_masks_(model)  # channel surgery works on plain modules; a fresh start has no masks
         if o["from_scratch"]:
             for m in model.modules():
                 if hasattr(m, "reset_parameters") and not isinstance(m, MaskParametrization):
                     m.reset_parameters()
-        if gran == "channel":
-            fold_masks_(model)  # channel surgery works on plain modules
         params_before = count_params(model, nonzero=True)
         weights_before = {n: weight_param(m).numel() for n, m in ctx.layers.items()}
         out_before = {n: weight_param(m).shape[0] for n, m in ctx.layers.items()}
