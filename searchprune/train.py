@@ -283,8 +283,6 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
                 images = done = 0
                 lr = cfg.lr
                 for x, y in loader:
-                    if done == n_batches:
-                        break
                     x = fast_layout(x.to(device, non_blocking=True))
                     y = y.to(device, non_blocking=True)
                     lr = scheduled_lr(cfg, step=step, total=total)
@@ -308,6 +306,8 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
                     if progress:
                         bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / images:.4f}",
                                         acc=f"{int(correct) / images:.3f}", lr=f"{lr:.2e}")
+                    if done == n_batches:  # fractional epoch or max_batches: draw no further batch
+                        break
                 record = {"epoch": epoch, "loss": float(loss_sum) / max(images, 1),
                           "acc": int(correct) / max(images, 1), "lr": lr, "batches": done, "images": images,
                           "seconds": time.perf_counter() - start}
