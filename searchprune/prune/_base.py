@@ -42,8 +42,10 @@ leaving plain dense weights with zeros.
 The method API (stable; learned methods build on it)
 ----------------------------------------------------
 * :class:`PruningMethod` subclasses declare ``granularities``, ``allocations``, ``needs_data``,
-  ``needs_threat`` and ``default_options`` (unknown option keys raise ``ConfigError``; the merged
-  options are ``self.options``).
+  ``needs_threat``, ``default_options`` (unknown option keys raise ``ConfigError``, except keys of
+  the allocation or of channel surgery, e.g. mrs's ``r_max`` or ``round_to``; the merged options
+  are ``self.options``), and optionally ``target_unit`` ("weights"; "macs" for cost targets),
+  ``reduction``, ``normalize_channels``, ``min_keep_per_layer`` and ``select_layers``.
 * ``scores(ctx) -> {layer name: tensor shaped like the weight}``: importance per weight element,
   higher = keep. ``unit_scores(ctx, granularity)`` aggregates them per kernel ``(C_out, C_in)`` or
   per output channel ``(C_out,)`` (by default the mean over the unit: the same ranking as the sum
@@ -55,7 +57,16 @@ The method API (stable; learned methods build on it)
   ``_structured.prune_channels_``. Learned methods override ``apply`` and finish with
   :func:`build_report`.
 * Helpers for method authors: :func:`apply_mask_`, :func:`apply_masks_`, :func:`get_mask`,
-  :func:`weight_param`, :func:`expand_units`, :func:`build_report`, ``ctx.batches(...)``.
+  :func:`weight_param`, :func:`effective_weight`, :func:`expand_units`, :func:`reduce_to_units`,
+  :func:`build_report`, :func:`count_params`, ``ctx.batches(...)``, ``_allocation.allocate`` /
+  ``layer_ratios``, ``_structured.channel_groups`` (coupled channel groups of the dependency graph).
+
+Checkpoints
+-----------
+A masked model's ``state_dict`` carries ``<layer>.parametrizations.weight.original`` and ``...0.mask``;
+a channel-pruned model has smaller tensors. ``_structured.load_pruned_state_dict_(fresh_dense_model,
+state_dict)`` (or ``resize_to_state_dict_`` then ``load_state_dict``) rebuilds either from the dense
+architecture. :func:`fold_masks_` first gives plain dense tensors with zeros instead.
 """
 
 from __future__ import annotations
