@@ -26,7 +26,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -67,7 +67,7 @@ class GetSubnet(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, scores: torch.Tensor, j: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, scores: torch.Tensor, j: int) -> torch.Tensor:
         flat = scores.detach().reshape(-1)
         mask = torch.ones_like(flat)
         if j > 0:
@@ -76,7 +76,7 @@ class GetSubnet(torch.autograd.Function):
         return mask.reshape(scores.shape)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -124,10 +124,19 @@ class PopupScores(MaskParametrization):
         return f"n_prune={self.n_prune}, numel={self.popup_scores.numel()}"
 
 
-def _popup(module: nn.Module) -> PopupScores | None:
+def _weight_plist(module: nn.Module) -> list[nn.Module]:
+    """The parametrizations on ``module.weight`` (empty if none), typed."""
     if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, PopupScores)), None)
+        return []
+    return list(cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)["weight"]))
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.weight)
+
+
+def _popup(module: nn.Module) -> PopupScores | None:
+    return next((p for p in _weight_plist(module) if isinstance(p, PopupScores)), None)
 
 
 def attach_scores_(layers: Mapping[str, nn.Module], n_prune: Mapping[str, int]) -> dict[str, PopupScores]:
@@ -149,11 +158,10 @@ def attach_scores_(layers: Mapping[str, nn.Module], n_prune: Mapping[str, int]) 
     """
     out: dict[str, PopupScores] = {}
     for name, m in layers.items():
-        if parametrize.is_parametrized(m, "weight") and not all(
-                isinstance(p, MaskParametrization) for p in m.parametrizations.weight):
+        if not all(isinstance(p, MaskParametrization) for p in _weight_plist(m)):
             raise ConfigError(f"hydra: layer {name!r} has a non-mask parametrization on its weight "
                               "(quantize after pruning, not before)")
-        p = PopupScores(m.weight, n_prune[name])
+        p = PopupScores(_weight(m), n_prune[name])
         parametrize.register_parametrization(m, "weight", p)
         out[name] = p
     return out
@@ -293,7 +301,7 @@ class Hydra(PruningMethod):
             return {n: n_pruned(k, ratios[n]) for n, k in numel.items()}
         from ._allocation import allocate  # global: one magnitude threshold fixes each layer's count
 
-        keep = allocate({n: m.weight.detach().abs() for n, m in ctx.layers.items()},
+        keep = allocate({n: _weight(m).detach().abs() for n, m in ctx.layers.items()},
                         allocation="global", sparsity=ctx.sparsity)
         return {n: int((~k).sum()) for n, k in keep.items()}
 

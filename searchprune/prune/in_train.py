@@ -58,7 +58,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -177,7 +177,7 @@ class ChannelMember(MaskParametrization):
     def _channel_mask(self) -> torch.Tensor:
         b = self.group.binary()
         ext = torch.cat([b, b.new_ones(1)])  # slot -1 = "not in the group" = kept
-        return ext[self.index]
+        return ext[cast(torch.Tensor, self.index)]
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         m = self._channel_mask()
@@ -351,11 +351,11 @@ class HardwareCost:
             w = weight_param(m)
             c_out = w.shape[0]
             grouped = isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1
-            c_in = m.in_channels if isinstance(m, nn.modules.conv._ConvNd) else m.in_features
+            c_in = cast(int, m.in_channels if isinstance(m, nn.modules.conv._ConvNd) else m.in_features)
             if grouped:
                 t["in"] = []  # depthwise / grouped: no input-side credit
             t["c_out"], t["c_in"] = c_out, c_in
-            t["per_io"] = hc.numel[name] / (c_out * (w.shape[1] if grouped else c_in))
+            t["per_io"] = hc.numel[name] / (c_out * (w.shape[1] if grouped else int(c_in)))
             t["grouped_in"] = w.shape[1] if grouped else None
             hc.constant -= hc.mult[name] * hc.numel[name]
         hc._channel_terms = terms
@@ -375,11 +375,13 @@ class HardwareCost:
         weight/kernel masks, per group for channel masks), as a differentiable tensor."""
         total: torch.Tensor | float = self.constant
         if self._layer_masks:
+            per_layer = cast(Mapping[str, torch.Tensor], binaries)
             for name, mask in self._layer_masks.items():
-                b = binaries[name] if binaries is not None else mask.binary()  # type: ignore[index]
+                b = per_layer[name] if binaries is not None else mask.binary()
                 total = total + self.mult[name] * self._unit_size[name] * b.sum()
         if self._channel_terms:
-            bins = list(binaries) if binaries is not None else [g.mask.binary() for g in self._groups]
+            bins = (cast(list[torch.Tensor], list(binaries)) if binaries is not None
+                    else [g.mask.binary() for g in self._groups])
             for name, t in self._channel_terms.items():
                 kept_out = self._kept(bins, t["out"], t["c_out"])
                 if t["grouped_in"] is not None:
@@ -591,8 +593,9 @@ class InTrain(PruningMethod):
             fold_masks_(model)  # channel surgery works on plain modules; a fresh start has no masks
         if o["from_scratch"]:
             for m in model.modules():
-                if hasattr(m, "reset_parameters") and not isinstance(m, MaskParametrization):
-                    m.reset_parameters()
+                reset = getattr(m, "reset_parameters", None)
+                if callable(reset) and not isinstance(m, MaskParametrization):
+                    reset()
         params_before = count_params(model, nonzero=True)
         weights_before = {n: weight_param(m).numel() for n, m in ctx.layers.items()}
         out_before = {n: weight_param(m).shape[0] for n, m in ctx.layers.items()}
@@ -654,10 +657,11 @@ class InTrain(PruningMethod):
         if cfg.epochs > 0:
             from ..train import train_
 
+            assert ctx.threat is not None  # needs_threat: prune_ checked
             history = train_(model, ctx.loader, cfg, threat=ctx.threat, extra_loss=hw)
         if not all(m.is_frozen for m in frozen):
             freeze()
-        bins = [m.frozen.detach().clone() for m in frozen]  # type: ignore[union-attr]
+        bins = [cast(torch.Tensor, m.frozen).detach().clone() for m in frozen]
         extra = {"target_ratio": target, "cost": o["cost"], "lam_start": float(lam), "lam_end": hw.lam,
                  "lam_ref": float(lam_ref), "lam_growth": growth, "steps": steps, **fit,
                  "ratio_final": float(hc.ratio(as_binaries(bins))),
@@ -750,7 +754,8 @@ def _magnitudes(layers: Mapping[str, nn.Module], masks: Mapping[str, LayerMask],
 
 def _earlier_masks(module: nn.Module) -> torch.Tensor | None:
     """Product of the masks on ``module.weight`` other than in-train's own (a re-pruned model)."""
-    others = [p for p in module.parametrizations.weight
+    plist = cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)["weight"])
+    others = [p for p in plist
               if isinstance(p, MaskParametrization) and not isinstance(p, LayerMask)]
     if not others:
         return None

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,8 @@ def _weight_tensor(module: nn.Module) -> torch.Tensor:
     """The tensor that holds a layer's trainable weight: the parametrization's ``original`` when the
     weight is masked / quantized (perturbing it perturbs the effective weight), else ``weight``."""
     if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
+        return cast(torch.Tensor, cast(nn.ModuleDict, module.parametrizations)["weight"].original)
+    return cast(torch.Tensor, module.weight)
 
 
 @contextmanager
