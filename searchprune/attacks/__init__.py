@@ -13,8 +13,10 @@ Example:
 from __future__ import annotations
 
 # Importing each attack module registers its attacks; adding an attack = one module + one line.
+from . import apgd as _apgd_module  # noqa: F401
 from . import fgsm as _fgsm_module  # noqa: F401
 from . import pgd as _pgd_module  # noqa: F401
+from . import square as _square_module  # noqa: F401
 from . import transfer as _transfer_module  # noqa: F401
 from ._base import (
     EvalResult,
@@ -29,12 +31,14 @@ from ._base import (
     register_attack,
     robust_accuracy,
 )
+from .apgd import apgd
 from .fgsm import fgsm
 from .pgd import pgd
+from .square import square
 from .transfer import transfer_accuracy, transfer_examples
 
 __all__ = [
-    "EvalResult", "accuracy", "ascent_step", "eval_mode", "evaluate", "fgsm", "get_attack", "list_attacks",
-    "pgd", "project", "random_start", "register_attack", "robust_accuracy", "transfer_accuracy",
-    "transfer_examples",
+    "EvalResult", "accuracy", "apgd", "ascent_step", "eval_mode", "evaluate", "fgsm", "get_attack",
+    "list_attacks", "pgd", "project", "random_start", "register_attack", "robust_accuracy", "square",
+    "transfer_accuracy", "transfer_examples",
 ]
