@@ -75,11 +75,13 @@ def resolve_sparsity(model: nn.Module, cfg: PruneConfig, layers: Mapping[str, nn
     """The target in the config's units: ``cfg.sparsity``, or the sparsity implied by
     ``cfg.compression`` (whole-model ratio, see :func:`keep_fraction_from_compression`).
 
-    Returns None for the per_layer allocation (each layer has its own ratio).
+    Returns None for the per_layer allocation (each layer has its own ratio), and for channel
+    granularity with a compression: removing channels shrinks the consumers' inputs too, so the
+    channel sparsity is found by the channel surgery itself (``_structured``), by bisection.
 
     Raises:
-        ConfigError: compression with channel granularity (a whole-model parameter ratio does not
-            map to a channel fraction), or compression out of range.
+        ConfigError: compression out of range, or compression with channel granularity and an
+            allocation other than global/uniform.
     """
     if cfg.allocation == "per_layer":
         return None
@@ -87,11 +89,11 @@ def resolve_sparsity(model: nn.Module, cfg: PruneConfig, layers: Mapping[str, nn
         return float(cfg.sparsity)
     assert cfg.compression is not None
     if cfg.granularity == "channel":
-        raise ConfigError(
-            f"prune.compression: {cfg.compression} is a whole-model parameter ratio, which is only "
-            "defined for weight and kernel granularity; give prune.sparsity (fraction of output "
-            "channels removed) for granularity 'channel'"
-        )
+        if cfg.allocation not in ("global", "uniform"):
+            raise ConfigError(f"prune.compression: with granularity 'channel' a compression target needs "
+                              f"allocation 'global' or 'uniform', got {cfg.allocation!r}; give "
+                              "prune.sparsity (fraction of output channels removed) instead")
+        return None
     total = count_params(model)
     prunable = sum(effective_weight(m).numel() for m in layers.values())
     return 1.0 - keep_fraction_from_compression(cfg.compression, total=total, prunable=prunable)

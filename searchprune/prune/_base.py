@@ -28,7 +28,8 @@ layers returned by :func:`prunable_layers`; biases and BatchNorm are never prune
 for ``granularity="channel"`` it is the fraction of prunable *output channels* removed, and the
 channels are removed physically (see ``_structured.py``). ``PruneConfig.compression`` (ShrinkBench's
 whole-model ratio c = total / nonzero over all parameters) resolves to
-``sparsity = 1 - (total / c - nonprunable) / prunable`` (:func:`resolve_sparsity`).
+``sparsity = 1 - (total / c - nonprunable) / prunable`` (``_allocation.resolve_sparsity``); with
+channel granularity the channel sparsity giving ``total / c`` parameters is found by bisection.
 
 Masks
 -----

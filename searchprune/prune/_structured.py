@@ -7,6 +7,11 @@ residual networks, every conv that writes into the same shortcut sum). The class
 layer not in ``ctx.layers``, are ignored, so groups that would touch them are left alone and the
 model's output shape is kept.
 
+``PruneConfig.compression`` (whole-model parameter ratio) works too: removing a channel also
+shrinks its consumers' inputs, so the channel sparsity whose pruned model has ``total / c``
+parameters is found by bisection over the allocation, counting parameters from the groups without
+surgery (:func:`params_after`).
+
 Sparsity semantics: the target is the fraction of prunable *output channels* removed, counted over
 the conv/linear layers of the prunable groups (a channel shared by k coupled layers counts k
 times). A group's channel importance is the sum over its prunable member layers of the criterion's
@@ -28,7 +33,7 @@ architecture: rebuild the dense model and call :func:`resize_to_state_dict_` (or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,16 +58,28 @@ from ._base import (
 if TYPE_CHECKING:
     from ._base import PruneContext, PruningMethod
 
-__all__ = ["prune_channels_", "channel_groups", "resize_to_state_dict_", "load_pruned_state_dict_"]
+__all__ = ["prune_channels_", "channel_groups", "params_after", "resize_to_state_dict_",
+           "load_pruned_state_dict_"]
 
 
 class _ChannelGroup:
-    """One coupled set of channels: ``members`` = [(layer name, member channel idxs, root idxs)]."""
+    """One coupled set of channels.
 
-    def __init__(self, group, size: int, members: list[tuple[str, list[int], list[int]]]) -> None:
+    Attributes:
+        group: the Torch-Pruning group (``group.prune(idxs=root indices)`` removes channels).
+        size: channels of the group's root layer.
+        members: ``[(layer name, member channel idxs, root idxs)]`` of the prunable conv/linear
+            layers whose *output* channels the group holds.
+        deps: ``[(module, "out" | "in", root idxs)]`` of every tensor the group touches (BatchNorm
+            and the consumers' inputs included), for counting parameters without surgery.
+    """
+
+    def __init__(self, group, size: int, members: list[tuple[str, list[int], list[int]]],
+                 deps: list[tuple[nn.Module, str, list[int]]]) -> None:
         self.group = group
         self.size = size
         self.members = members
+        self.deps = deps
 
 
 def _build_graph(model: nn.Module, example: torch.Tensor):
@@ -97,15 +114,17 @@ def channel_groups(model: nn.Module, layers: Mapping[str, nn.Module], example: t
     ignored = [m for m in convs if m not in layers.values() or any(m is h for h in heads)]
     out: list[_ChannelGroup] = []
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
-        members = []
+        members, deps = [], []
         for i, (dep, idxs) in enumerate(group):
             mod = dep.target.module
-            if not (isinstance(mod, PRUNABLE_TYPES) and dg.is_out_channel_pruning_fn(dep.handler)):
-                continue
-            root = group[i].root_idxs
-            members.append((names[mod], _plain(idxs), [int(r) for r in root]))
+            root = [int(r) for r in group[i].root_idxs]
+            is_out = dg.is_out_channel_pruning_fn(dep.handler)
+            if isinstance(mod, nn.Module):
+                deps.append((mod, "out" if is_out else "in", root))
+            if isinstance(mod, PRUNABLE_TYPES) and is_out:
+                members.append((names[mod], _plain(idxs), root))
         if members:
-            out.append(_ChannelGroup(group, len(group[0].idxs), members))
+            out.append(_ChannelGroup(group, len(group[0].idxs), members, deps))
     return dg, out
 
 
@@ -135,6 +154,7 @@ def prune_channels_(ctx: PruneContext, method: PruningMethod) -> PruneReport:
                                   "or other parametrizations; prune before quantize_")
     fold_masks_(model)
     params_before = count_params(model, nonzero=True)
+    params_total_before = count_params(model)
     weights_before = {n: effective_weight(m).numel() for n, m in ctx.layers.items()}
 
     scores = {n: s.detach().float().cpu() for n, s in method.unit_scores(ctx, "channel").items()}
@@ -161,11 +181,18 @@ def prune_channels_(ctx: PruneContext, method: PruningMethod) -> PruneReport:
         if ratios is not None:
             g_ratios[key] = sum(ratios[n] for n, _, _ in g.members) / len(g.members)
 
-    keep = allocate(g_scores, allocation=ctx.cfg.allocation, sparsity=ctx.sparsity,
-                    ratios=g_ratios if ratios is not None else None, unit_sizes=g_sizes, min_keep=1)
     round_to = _round_to(ctx.cfg.options.get("round_to"))
-    if round_to > 1:
-        keep = {k: _round_keep(v, g_scores[k], round_to) for k, v in keep.items()}
+
+    def plan(sparsity: float | None) -> dict[str, torch.Tensor]:
+        keep = allocate(g_scores, allocation=ctx.cfg.allocation, sparsity=sparsity,
+                        ratios=g_ratios if ratios is not None else None, unit_sizes=g_sizes, min_keep=1)
+        if round_to > 1:
+            keep = {k: _round_keep(v, g_scores[k], round_to) for k, v in keep.items()}
+        return keep
+
+    if ctx.sparsity is None and ctx.cfg.compression is not None:
+        ctx.sparsity = _sparsity_for_compression(model, groups, plan, ctx.cfg.compression)
+    keep = plan(ctx.sparsity)
 
     kept_channels: dict[str, list[int]] = {}
     out_before: dict[str, int] = {}
@@ -178,6 +205,7 @@ def prune_channels_(ctx: PruneContext, method: PruningMethod) -> PruneReport:
         if removed:
             g.group.prune(idxs=removed)
     extra = {**method.extra_report(), "groups": len(groups),
+             "compression": count_params(model) and params_total_before / count_params(model),
              "group_sizes": [g.size for g in groups],
              "group_kept": [int(keep[str(i)].sum()) for i in range(len(groups))]}
     return build_report(ctx, params_before=params_before, structural=True, kept_channels=kept_channels,
@@ -206,6 +234,73 @@ def _round_keep(keep: torch.Tensor, scores: torch.Tensor, round_to: int) -> torc
     out = torch.zeros_like(keep)
     out[order[size - n_new:]] = True
     return out
+
+
+def params_after(model: nn.Module, groups: list[_ChannelGroup], keep: Mapping[str, torch.Tensor]) -> int:
+    """Parameters of ``model`` once each group ``str(i)`` keeps ``keep[str(i)]``, without surgery.
+
+    Conv / linear / BatchNorm tensors shrink with the output and input channels their groups
+    remove (depthwise convs by their outputs only); other modules' parameters are unchanged.
+    """
+    out_rm: dict[nn.Module, int] = {}
+    in_rm: dict[nn.Module, int] = {}
+    for gi, g in enumerate(groups):
+        dropped = ~keep[str(gi)]
+        for mod, side, root in g.deps:
+            n = int(dropped[torch.tensor(root, dtype=torch.long)].sum()) if root else 0
+            table = out_rm if side == "out" else in_rm
+            table[mod] = table.get(mod, 0) + n
+    total = 0
+    for m in model.modules():
+        own = sum(p.numel() for p in m.parameters(recurse=False))
+        if own == 0:
+            continue
+        o, i = out_rm.get(m, 0), in_rm.get(m, 0)
+        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
+            w = effective_weight(m)
+            k = w[0, 0].numel()
+            new_o = w.shape[0] - o
+            if m.groups > 1 and m.groups == m.in_channels:  # depthwise: inputs follow outputs
+                weight = new_o * w.shape[1] * k
+            else:
+                weight = new_o * ((m.in_channels - i) // m.groups) * k
+            total += weight + (new_o if m.bias is not None else 0)
+        elif isinstance(m, nn.Linear):
+            new_o = m.out_features - o
+            total += new_o * (m.in_features - i) + (new_o if m.bias is not None else 0)
+        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+            total += 2 * (m.num_features - max(o, i))
+        else:
+            total += own
+    return total
+
+
+def _sparsity_for_compression(model: nn.Module, groups: list[_ChannelGroup],
+                              plan: Callable[[float], dict[str, torch.Tensor]], compression: float) -> float:
+    """The channel sparsity whose pruned model has ``total / compression`` parameters (ShrinkBench's
+    whole-model ratio), by bisection over the allocation's monotone channel sparsity.
+
+    Raises:
+        ConfigError: even the sparsest allowed plan (one channel per group) keeps too many parameters.
+    """
+    total = count_params(model)
+    target = total / compression
+    lo, hi = 0.0, 1.0 - 1e-9
+    if params_after(model, groups, plan(hi)) > target:
+        limit = total / params_after(model, groups, plan(hi))
+        raise ConfigError(f"prune.compression: {compression} cannot be reached by removing channels "
+                          f"(at most {limit:.3f} keeping one channel per group); expected a smaller ratio")
+    best, best_err = 0.0, abs(params_after(model, groups, plan(0.0)) - target)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        n = params_after(model, groups, plan(mid))
+        if abs(n - target) < best_err:
+            best, best_err = mid, abs(n - target)
+        if n > target:
+            lo = mid
+        else:
+            hi = mid
+    return best
 
 
 def _out_channels(m: nn.Module) -> int:

@@ -307,9 +307,12 @@ def test_compression_out_of_range_and_channel() -> None:
     with pytest.raises(ConfigError, match="prune.compression"):
         prune_(TinyNet(), PruneConfig(method="magnitude", sparsity=None, compression=1000.0),
                input_shape=INPUT)
-    with pytest.raises(ConfigError, match="prune.compression"):
+    with pytest.raises(ConfigError, match="prune.compression"):  # beyond one channel per group
         prune_(TinyNet(), PruneConfig(method="magnitude", granularity="channel", sparsity=None,
-                                      compression=2.0), input_shape=INPUT)
+                                      compression=1000.0), input_shape=INPUT)
+    with pytest.raises(ConfigError, match="prune.compression"):
+        prune_(TinyNet(), PruneConfig(method="magnitude", granularity="channel", allocation="mrs",
+                                      sparsity=None, compression=2.0), input_shape=INPUT)
 
 
 # ---------------------------------------------------------------------------------------------

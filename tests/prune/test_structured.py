@@ -206,3 +206,36 @@ def test_round_to_keeps_multiples_of_the_block() -> None:
     with pytest.raises(Exception, match="round_to"):  # not an option of weight pruning
         prune_(_create("resnet20")[0], PruneConfig(method="magnitude", options={"round_to": 8}),
                input_shape=shape)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_parameter_count_without_surgery_matches_surgery(arch: str) -> None:
+    from searchprune.prune._allocation import allocate
+    from searchprune.prune._structured import channel_groups, params_after
+
+    torch.manual_seed(0)
+    model, shape = _create(arch)
+    layers = prunable_layers(model)
+    _, groups = channel_groups(model, layers, torch.rand(1, *shape))
+    gen = torch.Generator().manual_seed(0)
+    scores = {str(i): torch.rand(g.size, generator=gen) for i, g in enumerate(groups)}
+    keep = allocate(scores, allocation="uniform", sparsity=0.4, min_keep=1)
+    predicted = params_after(model, groups, keep)
+    for i, g in enumerate(groups):
+        removed = torch.nonzero(~keep[str(i)]).flatten().tolist()
+        if removed:
+            g.group.prune(idxs=removed)
+    assert predicted == sum(p.numel() for p in model.parameters())
+
+
+def test_channel_compression_hits_the_whole_model_ratio() -> None:
+    torch.manual_seed(0)
+    model, shape = _create("resnet20")
+    total = sum(p.numel() for p in model.parameters())
+    report = prune_(model, PruneConfig(method="magnitude", granularity="channel", allocation="global",
+                                       sparsity=None, compression=3.0), input_shape=shape)
+    after = sum(p.numel() for p in model.parameters())
+    assert total / after == pytest.approx(3.0, rel=0.01)
+    assert report.extra["compression"] == pytest.approx(total / after)
+    assert report.target_sparsity is not None and 0 < report.target_sparsity < 1
+    assert report.sparsity == pytest.approx(report.target_sparsity, abs=0.01)
