@@ -19,6 +19,9 @@ from the batch: in eval mode examples do not interact, so this only saves comput
 others, the input with the highest loss. Restarts attack only examples no earlier restart fooled.
 An example misclassified on the clean input is returned unchanged (delta = 0 already fools it), so
 robust accuracy can never exceed clean accuracy because of a random start.
+
+Speed: input gradients only (``torch.autograd.grad``), channels_last inputs and conv weights on
+CPU (as PGD does), optional bf16 autocast; fooled rows leave the batch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ._base import (
     _check_norm,
     autocast,
     call_with_options,
+    conv_layout,
     eval_mode,
     fast_layout,
     input_grad,
@@ -230,7 +234,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
     xl = fast_layout(x)
-    with eval_mode(model):
+    with eval_mode(model), conv_layout(model):
         x_best = xl.clone()  # misclassified clean inputs stay as they are
         todo = torch.nonzero(predict(model, xl, precision=precision) == y).flatten()  # rows to attack
         best_loss = torch.full((len(x),), -float("inf"), device=x.device)

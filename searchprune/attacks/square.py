@@ -30,7 +30,15 @@ from torch import nn
 
 from ..config import ThreatModel
 from ..utils import ConfigError
-from ._base import Precision, autocast, call_with_options, eval_mode, fast_layout, register_attack
+from ._base import (
+    Precision,
+    autocast,
+    call_with_options,
+    conv_layout,
+    eval_mode,
+    fast_layout,
+    register_attack,
+)
 
 __all__ = ["square", "square_p_schedule"]
 
@@ -116,7 +124,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, qu
     def clip(t: torch.Tensor) -> torch.Tensor:
         return t.clamp(0.0, 1.0) if clamp else t
 
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), conv_layout(model), torch.no_grad():
         x_best = x.clone()  # misclassified clean inputs stay as they are
         todo = torch.nonzero(forward(x).argmax(dim=1) == y).flatten()
         if len(todo) == 0:
