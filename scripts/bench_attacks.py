@@ -6,9 +6,10 @@ the *same* images with the same eps / alpha / steps, in one process with a fixed
 
 * ``plain PGD``: the textbook loop written below (fp32, NCHW, ``loss.backward()``, last iterate);
 * ``torchattacks PGD``: torchattacks 3.5.1 (skipped with a note when it does not import);
-* ``project PGD``: ``searchprune.attacks.pgd`` as the study runs it (early stop on, fp32);
-* ``project PGD, no early stop``: the same, every example runs every step (per-step speed);
-* ``project PGD bf16``: ``precision="bf16"``;
+* ``project PGD``: the registered ``"pgd"`` attack as a study runs it (early stop on, fp32);
+* ``project PGD, no early stop``: the keyword function ``pgd`` (textbook: every example runs every
+  step and returns its last iterate; the per-step speed);
+* ``project PGD bf16``: the registered attack with ``precision="bf16"``;
 * ``project APGD``: APGD-CE with the same number of steps;
 * ``project Square``: Square with ``--queries`` queries (forward passes only).
 
@@ -42,9 +43,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from searchprune.attacks.apgd import apgd  # noqa: E402
-from searchprune.attacks.pgd import pgd  # noqa: E402
-from searchprune.attacks.square import square  # noqa: E402
+from searchprune.attacks import apgd, get_attack, pgd, square  # noqa: E402
+from searchprune.config import ThreatModel  # noqa: E402
 from searchprune.data import ArrayDataset, load_dataset, make_synthetic  # noqa: E402
 from searchprune.models import create_model  # noqa: E402
 from searchprune.utils import ConfigError  # noqa: E402
@@ -149,10 +149,12 @@ def contenders(s: Setup, args: argparse.Namespace, ta: object | None) -> dict[st
     if ta is not None:
         atk = ta.PGD(s.model, random_start=True, **kw)  # type: ignore[attr-defined]
         c["torchattacks PGD"] = lambda x, y: atk(x, y)
-    c["project PGD"] = lambda x, y: pgd(s.model, x, y, random_start=True, **kw)
+    threat = ThreatModel(eps=s.eps, alpha=s.alpha, steps=args.steps, random_start=True)
+    registered = get_attack("pgd")
+    c["project PGD"] = lambda x, y: registered(s.model, x, y, threat)
     c["project PGD, no early stop"] = lambda x, y: pgd(s.model, x, y, random_start=True, early_stop=False,
                                                        **kw)
-    c["project PGD bf16"] = lambda x, y: pgd(s.model, x, y, random_start=True, precision="bf16", **kw)
+    c["project PGD bf16"] = lambda x, y: registered(s.model, x, y, threat, precision="bf16")
     c[f"project APGD ({args.steps} steps)"] = lambda x, y: apgd(s.model, x, y, eps=s.eps, steps=args.steps)
     c[f"project Square ({args.queries} queries)"] = lambda x, y: square(s.model, x, y, eps=s.eps,
                                                                          queries=args.queries)
