@@ -111,6 +111,7 @@ def test_each_sampler_end_to_end(tmp_path, base, sampler):
     assert study_summary(study)["hypervolume"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter prune.sparsity with value 0.0")  # dense: below range
 def test_constraints_mark_infeasible_trials(tmp_path, base):
     from searchprune.plots import figures
 
@@ -162,6 +163,7 @@ def test_gate_prunes_with_reason(tmp_path, base):
     assert len(optimize("gated", _url(tmp_path), quiet=True).trials) == 2
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter prune.sparsity with value 0.0")  # dense: below range
 def test_baselines_are_the_first_trials(tmp_path, base):
     cfg = tiny_study_config(tmp_path, base, name="with_baselines", n_trials=3,
                             baselines=["dense", "shrinkbench@0.6"],

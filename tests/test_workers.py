@@ -120,7 +120,9 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not _heartbeats(db):  # a trial started and its heartbeat thread wrote once
+        # mid-trial: its heartbeat thread wrote once and its params were suggested (it is training)
+        while not (_heartbeats(db) and any(t.state == TrialState.RUNNING and t.params
+                                           for t in trials_of(storage, "killed"))):
             assert worker.poll() is None, f"worker exited ({worker.returncode}) before a trial started"
             assert time.monotonic() < deadline, "no trial started within 120 s"
             time.sleep(0.05)
