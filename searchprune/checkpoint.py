@@ -18,6 +18,7 @@ architecture to the saved shapes, then re-applies quantization when ``meta["quan
 from __future__ import annotations
 
 import copy
+import json
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .utils import ConfigError
 
@@ -38,7 +38,7 @@ def versions() -> dict[str, str]:
     """Library versions recorded with every checkpoint and export."""
     from . import __version__
 
-    out = {"searchprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"searchprune": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
     try:
         import optuna
 
@@ -54,12 +54,11 @@ def materialize(model: nn.Module) -> nn.Module:
     The copy computes exactly what the original computes (masked and quantized weights stay as
     they are), but its ``state_dict`` has plain ``weight`` keys that a fresh model accepts.
     """
-    out = copy.deepcopy(model)
-    for module in out.modules():
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return out
+    from .quantize import fold_parametrizations_
+
+    # fold_parametrizations_ gives each module its own class first: a deepcopy shares torch's
+    # generated Parametrized* class with the original, and removing on the copy would break it.
+    return fold_parametrizations_(copy.deepcopy(model))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> Path:
@@ -71,7 +70,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in materialize(model).state_dict().items()}
-    payload = {"format": FORMAT, "state_dict": state, "meta": {**dict(meta), "versions": versions()}}
+    # Metadata goes through JSON so only plain types reach the file (weights_only loads refuse others).
+    plain_meta = json.loads(json.dumps({**dict(meta), "versions": versions()}, default=str))
+    payload = {"format": FORMAT, "state_dict": state, "meta": plain_meta}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

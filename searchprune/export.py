@@ -158,7 +158,7 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     written: dict[str, str] = {}
     model = model.eval()
     try:
-        ep = torch.export.export(model, (example,))
+        ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))  # any batch
         torch.export.save(ep, out / "model_plain.pt2")
         written["torch_export"] = "model_plain.pt2"
     except Exception as e:  # noqa: BLE001 - fall back to TorchScript for untraceable models

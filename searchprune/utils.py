@@ -96,8 +96,10 @@ def seed_everything(seed: int) -> None:
 
 
 def set_cpu_threads(n: int | None = None) -> None:
-    """Sets torch's intra-op threads: ``n``, else ``$SEARCHPRUNE_THREADS``, else all cores."""
+    """Sets torch's intra-op threads: ``n``, else ``$SEARCHPRUNE_THREADS``, else
+    ``$OMP_NUM_THREADS``, else all cores."""
     import torch
 
-    n = n or int(os.environ.get("SEARCHPRUNE_THREADS", "0")) or (os.cpu_count() or 1)
+    env = os.environ.get("SEARCHPRUNE_THREADS") or os.environ.get("OMP_NUM_THREADS") or "0"
+    n = n or (int(env) if env.isdigit() else 0) or (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
