@@ -3,6 +3,8 @@ threat-model contract (ball, box, modes, no parameter gradients) and determinism
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,32 @@ def test_checkpoints_match_the_paper() -> None:
     for steps in (1, 2, 5, 10, 37, 250):
         ws = apgd_checkpoints(steps)
         assert ws == sorted(set(ws)) and 1 <= ws[0] and ws[-1] <= steps
+
+
+def test_step_size_halves_at_each_checkpoint_without_progress(monkeypatch) -> None:
+    """On a flat loss no step increases it (condition 1) and the best loss never improves
+    (condition 2), so eta = 2 eps is halved at every checkpoint and nowhere else."""
+    # the package re-exports the function under the module's name: fetch the module itself
+    apgd_module = importlib.import_module("searchprune.attacks.apgd")
+    etas: list[float] = []
+    ascent = apgd_module._ascent
+
+    def spy(x_adv, grad, eta, norm):
+        etas.append(float(eta[0]))
+        return ascent(x_adv, grad, eta, norm)
+
+    monkeypatch.setattr(apgd_module, "_ascent", spy)
+    x, _ = _toy_data(8, seed=0)
+    model = Constant()
+    y = torch.full((8,), 2)
+    apgd(model, x, y, eps=0.1, steps=30)
+    ckpts = apgd_checkpoints(30)
+    expected, eta = [], 0.2
+    for k in range(30):  # step k uses the step size set after iteration k (checkpoints count 1..)
+        expected.append(eta)
+        if k + 1 in ckpts:
+            eta /= 2
+    assert etas == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
