@@ -44,6 +44,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from searchprune.attacks import apgd, get_attack, pgd, square  # noqa: E402
+from searchprune.attacks._base import conv_layout  # noqa: E402
 from searchprune.config import ThreatModel  # noqa: E402
 from searchprune.data import ArrayDataset, load_dataset, make_synthetic  # noqa: E402
 from searchprune.models import create_model  # noqa: E402
@@ -213,12 +214,20 @@ def per_step_breakdown(s: Setup, batch: int, reps: int = 5) -> dict[str, float]:
             out = model(xa).float()
         torch.autograd.grad(F.cross_entropy(out, y), xa)
 
+    def with_cl_weights(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with conv_layout(model):
+                fn()
+        return run
+
     out = {
         "forward only (no_grad)": time_it(fwd),
         "fwd+bwd: loss.backward(), NCHW": time_it(backward_nchw),
         "fwd+bwd: autograd.grad(x), NCHW": time_it(grad_nchw),
-        "fwd+bwd: autograd.grad(x), channels_last": time_it(grad_cl),
-        "fwd+bwd: autograd.grad(x), channels_last + bf16": time_it(grad_cl_bf16),
+        "fwd+bwd: autograd.grad(x), channels_last input": time_it(grad_cl),
+        "fwd+bwd: autograd.grad(x), channels_last input + weights": time_it(with_cl_weights(grad_cl)),
+        "fwd+bwd: autograd.grad(x), channels_last input + weights, bf16":
+            time_it(with_cl_weights(grad_cl_bf16)),
     }
     model.zero_grad(set_to_none=True)
     return out
