@@ -29,7 +29,7 @@ from .utils import ConfigError
 __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
     "EvalConfig", "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults",
-    "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml", "build", "to_dict", "load_study_config", "trial_params_from_flat",
+    "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml", "strip_tag", "build", "to_dict", "load_study_config", "trial_params_from_flat",
 ]
 
 
@@ -292,7 +292,9 @@ class EvalConfig:
         transfer: also score the trial on examples crafted against the dense base model.
         checks: run the gradient-masking checks and store their flags.
         stagewise: measure clean and PGD accuracy after each stage (prune, fine-tune, quantize).
-        n_stage_eval: images for the stage-wise measurements (cheaper than n_eval).
+        n_stage_eval: images for the stage-wise measurements and the masking checks.
+        check_apgd_steps, check_square_queries: budget of the strong attacks the masking checks
+            run when ``attacks`` lists none (the APGD + Square ensemble of the AutoAttack paper).
     """
 
     n_eval: int | None = 1000
@@ -303,8 +305,12 @@ class EvalConfig:
     checks: bool = True
     stagewise: bool = True
     n_stage_eval: int = 256
+    check_apgd_steps: int = 100
+    check_square_queries: int = 300
 
     def __post_init__(self) -> None:
+        _check(self.check_apgd_steps >= 1 and self.check_square_queries >= 1, "eval.check_apgd_steps",
+               f"expected >= 1, got {self.check_apgd_steps} / {self.check_square_queries}")
         _check(self.n_eval is None or self.n_eval >= 1, "eval.n_eval", f"expected >= 1 or null, got {self.n_eval}")
         _check(len(self.attacks) >= 1, "eval.attacks", "expected at least one attack")
         _check(self.n_stage_eval >= 1, "eval.n_stage_eval", f"expected >= 1, got {self.n_stage_eval}")
@@ -607,6 +613,10 @@ def build(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
             if not isinstance(v, Mapping):
                 raise ConfigError(f"{prefix}space: expected a mapping of parameter -> spec, got {v!r}")
             kwargs[k] = {str(n): ParamSpec.parse(s, f"{prefix}space.{n}") for n, s in v.items()}
+            for n in kwargs[k]:
+                tag = n.partition("@")[2].partition(".")[0]
+                if "@" in n and not (tag and tag.replace("_", "").isalnum()):
+                    raise ConfigError(f"{prefix}space.{n}: a tag after '@' must be letters, digits or '_'")
             continue
         kwargs[k] = _convert(hints[k], v, f"{prefix}{k}")
     try:
@@ -659,6 +669,20 @@ def load_yaml(path: str | Path) -> Mapping[str, Any]:
 _LAYER_MAPS = ("prune.layer_sparsity.", "quant.layer_bits.")
 
 
+def strip_tag(name: str) -> str:
+    """``prune.granularity@filter`` -> ``prune.granularity``.
+
+    A tag makes a separate search parameter for the same config field, so each method can offer
+    its own choices (Optuna allows one distribution per parameter name):
+    ``prune.granularity@filter: {value: channel, when: {prune.method: [l1_filter]}}``.
+    """
+    base, sep, rest = name.partition("@")
+    if not sep:
+        return name
+    _tag, dot, tail = rest.partition(".")
+    return f"{base}.{tail}" if dot else base
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     # layer names contain dots themselves ("features.0"): split only the prefix of layer maps
@@ -691,6 +715,7 @@ def trial_params_from_flat(defaults: TrialDefaults, flat: Mapping[str, Any], *, 
         no_ft_default = False
     touched_ft = False
     for name, value in flat.items():
+        name = strip_tag(name)
         if name.split(".")[0] not in ("prune", "finetune", "quant"):
             raise ConfigError(f"{name}: expected a parameter under prune., finetune. or quant.")
         touched_ft |= name.startswith("finetune.")

@@ -25,7 +25,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from .config import StudyConfig, TrialDefaults, build, to_dict
+from .config import StudyConfig, TrialDefaults, build, strip_tag, to_dict
 from .space import suggest_params, validate_space
 from .utils import ConfigError, Registry, get_device, set_cpu_threads
 
@@ -172,37 +172,44 @@ def _in_train(sparsity: float) -> dict[str, Any]:
 
 
 def baseline_trials(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """The flat parameter sets enqueued for ``cfg.baselines`` ("name" or "name@sparsity")."""
+    """The Optuna parameter sets enqueued for ``cfg.baselines`` ("name" or "name@sparsity").
+
+    Each baseline's config values are mapped onto the space the way ``space.suggest`` walks it:
+    the active parameter (tagged or not) for a field gets the baseline's value; a field the space
+    does not search must already have that value in the defaults, else the baseline is refused.
+    """
     out = []
     for entry in cfg.baselines:
         name, _, level = entry.partition("@")
         fn = BASELINES.get(name)
         levels = [float(level)] if level else [0.0] if name == "dense" else list(_study_sparsities(cfg))
-        for s in levels:
-            params = fn(s)
-            missing = [k for k in params if k not in cfg.space and _default_of(cfg.defaults, k) != params[k]]
+        for sparsity in levels:
+            want = fn(sparsity)
+            chosen: dict[str, Any] = {}
+            covered: set[str] = set()
+            for key, spec in cfg.space.items():
+                if any(chosen.get(c, _UNSET) not in allowed for c, allowed in spec.when.items()):
+                    continue
+                field_name = strip_tag(key)
+                if spec.type == "fixed":
+                    chosen[key] = spec.value
+                    if field_name in want and want[field_name] != spec.value:
+                        raise ConfigError(f"baselines: {entry!r} needs {field_name}={want[field_name]!r}, but the "
+                                          f"space pins {key} to {spec.value!r}")
+                elif field_name in want and not spec.per_layer:
+                    chosen[key] = want[field_name]
+                covered.add(field_name)
+            missing = [k for k, v in want.items() if k not in covered and _default_of(cfg.defaults, k) != v]
             if missing:
                 raise ConfigError(
                     f"baselines: {entry!r} sets {', '.join(missing)}, which the space does not search and the "
                     "defaults do not match; add them to the space (or pin them there) to enqueue this baseline"
                 )
-            # a categorical or pinned value outside the space would fail the trial when Optuna replays it
-            # (ranges are fine: the dense model's sparsity 0 sits below a searched range on purpose)
-            outside = [f"{k}={v!r} (space allows: {', '.join(map(str, _allowed(cfg.space[k])))})"
-                       for k, v in params.items() if k in cfg.space and _allowed(cfg.space[k]) is not None
-                       and v not in _allowed(cfg.space[k])]
-            if outside:
-                raise ConfigError(f"baselines: {entry!r} sets {'; '.join(outside)}; add the value to the space "
-                                  "to enqueue this baseline")
-            out.append({k: v for k, v in params.items() if k in cfg.space})
+            out.append({k: v for k, v in chosen.items() if cfg.space[k].type != "fixed"})
     return out
 
 
-def _allowed(spec: Any) -> tuple[Any, ...] | None:
-    """The values a categorical or pinned space entry can take; None for ranges."""
-    if spec.type == "categorical":
-        return tuple(spec.choices or ())
-    return (spec.value,) if spec.type == "fixed" else None
+_UNSET = object()
 
 
 def _study_sparsities(cfg: StudyConfig) -> Sequence[float]:
@@ -258,9 +265,9 @@ def validate_names(cfg: StudyConfig) -> None:
     if cfg.defaults.finetune is not None:
         check(cfg.defaults.finetune.recipe, list_recipes(), "defaults.finetune.recipe")
     named = {"prune.method": list_methods(), "finetune.recipe": [*list_recipes(), "none"]}
-    for key, choices in named.items():
-        spec = cfg.space.get(key)
-        if spec is None:
+    for key, spec in cfg.space.items():
+        choices = named.get(strip_tag(key))
+        if choices is None:
             continue
         for v in spec.choices or ((spec.value,) if spec.type == "fixed" else ()):
             check(v, choices, f"space.{key}")

@@ -240,7 +240,8 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
         strong = [res.robust[a] for a in res.robust if a != "pgd"]
         mr = masking_checks(
             model, ctx.val_loader(ctx.eval.n_stage_eval), ctx.threat, pgd_acc=res.robust.get("pgd", robust),
-            strong_acc=min(strong) if strong else None, transfer_acc=transfer,
+            strong_acc=min(strong) if strong else None, transfer_acc=transfer, n_images=ctx.eval.n_stage_eval,
+            apgd_steps=ctx.eval.check_apgd_steps, square_queries=ctx.eval.check_square_queries, seed=params.seed,
         )
         checks, flags = mr.as_user_attrs(), dict(mr.flags)
     report("attack", {"clean_acc": res.clean, "robust_acc": robust})

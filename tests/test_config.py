@@ -87,12 +87,20 @@ def test_threat_model_defaults_are_adver_fine():
     assert (t.eps, t.alpha, t.steps, t.random_start) == (0.05, 0.005, 20, False)
 
 
-def test_shipped_studies_load(tmp_path):
+def test_shipped_studies_load():
+    """Every shipped study validates: keys, registered names, conditions, baselines."""
     from pathlib import Path
 
-    for path in sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml")):
+    from searchprune.space import validate_space
+    from searchprune.study import baseline_trials, validate_names
+
+    paths = sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
         cfg = load_study_config(path)
-        assert cfg.name
+        validate_names(cfg)
+        validate_space(cfg.space)
+        baseline_trials(cfg)
 
 
 def test_missing_and_malformed_files(tmp_path):

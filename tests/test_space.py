@@ -66,3 +66,20 @@ def test_per_layer_without_layers_is_an_error():
         "prune.allocation": "per_layer", "prune.layer_sparsity": {"low": 0.0, "high": 0.5, "per_layer": True}}})
     with pytest.raises(ConfigError, match="per_layer needs the model's prunable layers"):
         suggest(optuna.trial.FixedTrial({}), cfg.space)
+
+
+def test_tagged_parameters_give_each_method_its_own_choices():
+    cfg = build(StudyConfig, {"name": "s", "space": {
+        "prune.method": ["magnitude", "l1_filter"],
+        "prune.granularity@scored": {"choices": ["weight", "kernel"], "when": {"prune.method": ["magnitude"]}},
+        "prune.granularity@filter": {"value": "channel", "when": {"prune.method": ["l1_filter"]}},
+        "prune.allocation@filter": {"choices": ["uniform", "global"], "when": {"prune.method": ["l1_filter"]}},
+    }})
+    p = suggest_params(optuna.trial.FixedTrial({"prune.method": "l1_filter", "prune.allocation@filter": "uniform"}),
+                       cfg.space, cfg.defaults, seed=0)
+    assert (p.prune.method, p.prune.granularity, p.prune.allocation) == ("l1_filter", "channel", "uniform")
+    p = suggest_params(optuna.trial.FixedTrial({"prune.method": "magnitude", "prune.granularity@scored": "kernel"}),
+                       cfg.space, cfg.defaults, seed=0)
+    assert (p.prune.granularity, p.prune.allocation) == ("kernel", "global")
+    with pytest.raises(ConfigError, match="tag after '@'"):
+        build(StudyConfig, {"name": "s", "space": {"prune.granularity@": ["weight"]}})
