@@ -157,3 +157,15 @@ def test_transfer_from_another_model_is_weaker_than_white_box(net: nn.Module, ot
     res_masked = evaluate(masked, batches, THREAT, source=net)
     assert res_masked.robust["pgd"] == pytest.approx(res_masked.clean)
     assert res_masked.transfer is not None and res_masked.transfer < res_masked.clean - 0.2
+
+
+def test_evaluate_in_bf16_agrees_with_fp32(net: nn.Module, batches) -> None:
+    fp32 = evaluate(net, batches, THREAT, attacks=("fgsm", "pgd"), source=net)
+    bf16 = evaluate(net, batches, THREAT, attacks=("fgsm", "pgd"), source=net, precision="bf16")
+    assert bf16.clean == fp32.clean  # scoring is fp32 either way
+    for name in ("fgsm", "pgd"):
+        assert abs(bf16.robust[name] - fp32.robust[name]) <= 0.03
+    assert bf16.transfer is not None and fp32.transfer is not None
+    assert abs(bf16.transfer - fp32.transfer) <= 0.03
+    with pytest.raises(ConfigError, match="precision"):
+        evaluate(net, batches, THREAT, precision="fp16")  # type: ignore[arg-type]
