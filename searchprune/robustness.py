@@ -217,7 +217,7 @@ def zero_grad_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lo
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
-    ref = next(iter(model.parameters()), None)
+    ref: torch.Tensor | None = next(iter(model.parameters()), None)
     if ref is None:
         ref = next(iter(model.buffers()), None)
     return None if ref is None else ref.device

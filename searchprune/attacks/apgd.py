@@ -125,7 +125,6 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     """
     n = len(x)
     ckpts = set(apgd_checkpoints(steps))
-    proj = dict(norm=norm, eps=eps, clamp=clamp)
 
     x_k = _seeded_start(x, norm=norm, eps=eps, clamp=clamp, gen=gen)  # x^(0)
     f_k, g_k, pred = _loss_grad(model, x_k, y, precision)
@@ -150,11 +149,12 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     for k in range(steps):
         if len(idx) == 0:
             break
-        z = project(_ascent(x_k, g_k, eta, norm), xo, **proj)
+        z = project(_ascent(x_k, g_k, eta, norm), xo, norm=norm, eps=eps, clamp=clamp)
         if k == 0:
             x_new = z
         else:
-            x_new = project(x_k + MOMENTUM * (z - x_k) + (1 - MOMENTUM) * (x_k - x_prev), xo, **proj)
+            x_new = project(x_k + MOMENTUM * (z - x_k) + (1 - MOMENTUM) * (x_k - x_prev), xo,
+                            norm=norm, eps=eps, clamp=clamp)
         f_new, g_new, pred = _loss_grad(model, x_new, ya, precision)
 
         n_up += (f_new > f_k).long()
