@@ -1,0 +1,394 @@
+"""Benchmark the search: hypervolume vs trials for TPE, NSGA-II and random search, the seed papers'
+recipes (baselines) as reference points, and trials per hour with one and two workers on PostgreSQL.
+
+Every study is Fashion-MNIST CNN-8 from ``studies/fmnist_quick.yaml`` (same base checkpoint
+``runs/base/cnn8_fmnist_standard.pt``, trained here with that config's recipe when missing, same
+search space), with a cheaper per-trial measurement: a training subset, fewer validation images and
+a PGD with fewer steps (eps unchanged). Each sampler gets the same sampler seeds and the same trial
+budget; trials use the same per-trial seeds in every study.
+
+Hypervolume: of the feasible Pareto front in (clean acc, PGD acc, MACs / dense MACs), reference
+point (0, 0, 1), the same as ``searchprune study show``.
+
+Outputs in ``--out`` (default ``runs/bench_search``): ``hv_vs_trials.png``, ``pareto.png`` (PGD
+accuracy vs MACs: each sampler's front for the first seed and the baselines), ``results.md``
+(tables), ``results.json`` (everything, including the per-trial hypervolume curves).
+
+    python scripts/bench_search.py --quick           # smoke run, a few minutes
+    python scripts/bench_search.py --trials 40 --seeds 0 1 2   # the full comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+
+from searchprune.config import StudyConfig, build, load_study_config, to_dict  # noqa: E402
+from searchprune.study import create_study, ensure_base_model, make_storage, optimize  # noqa: E402
+
+SAMPLERS = ("tpe", "nsga2", "random")
+FULL_BASELINES = ("dense", "shrinkbench@0.5", "shrinkbench@0.8", "adver_fine@0.5", "hydra@0.8", "mrpf@0.8",
+                  "gap@0.8", "in_train@0.5")
+QUICK_BASELINES = ("dense", "shrinkbench@0.8")
+
+
+# ---- configs --------------------------------------------------------------------------------
+
+
+def bench_config(base_cfg: StudyConfig, *, name: str, out: Path, quick: bool, n_trials: int,
+                 sampler: dict[str, Any], pgd_steps: int, baselines: Sequence[str] = (),
+                 space: dict[str, Any] | None = None) -> StudyConfig:
+    """``fmnist_quick`` with a cheap measurement, the given sampler and budget, outputs in ``out``."""
+    raw = to_dict(base_cfg)
+    raw.update(name=name, output_dir=str(out / "studies" / "{name}"), n_trials=n_trials, sampler=sampler,
+               baselines=list(baselines), storage=None)
+    raw["model"]["checkpoint"] = str(_base_path(base_cfg))
+    # a training subset; the validation split stays the study's (carved apart from the base model's data)
+    raw["data"].update(train_size=512 if quick else 2000)
+    raw["eval"].update(n_eval=100 if quick else 250, n_stage_eval=64, transfer=False, checks=False,
+                       stagewise=False)
+    eps = raw["threat"]["eps"]
+    raw["threat"].update(steps=pgd_steps, alpha=round(2.5 * eps / pgd_steps, 6))  # Madry's 2.5 eps / steps
+    if space is not None:
+        raw["space"] = space
+    return build(StudyConfig, raw)
+
+
+def _base_path(cfg: StudyConfig) -> Path:
+    p = Path(cfg.model.checkpoint or "runs/base/cnn8_fmnist_standard.pt")
+    return p if p.is_absolute() else ROOT / p
+
+
+def baseline_space(cfg: StudyConfig) -> dict[str, Any]:
+    """A space in which every seed recipe is expressible. The baselines study runs only its enqueued
+    trials, so the width costs nothing; fine-tuning epochs and learning rate stay at the defaults."""
+    sparsity = to_dict(cfg.space).get("prune.sparsity", {"low": 0.3, "high": 0.95})
+    return {
+        "prune.method": ["magnitude", "gradient", "taylor", "l1_filter", "gap", "hydra", "in_train"],
+        "prune.granularity": ["weight", "channel"],
+        "prune.allocation": ["global", "uniform", "mrs", "learned"],
+        "prune.sparsity": sparsity,
+        "finetune.recipe": ["none", "standard", "fast", "pgd", "trades"],
+        "quant.mode": ["none"],
+    }
+
+
+# ---- hypervolume ------------------------------------------------------------------------------
+
+
+def _feasible(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
+
+
+def hypervolume(trials: Sequence[FrozenTrial], dense_macs: float) -> float:
+    """Hypervolume of the feasible points in (-clean, -robust, macs / dense) w.r.t. (0, 0, 1)."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume  # no public equivalent in Optuna 5.0
+
+    pts = [[-t.values[0], -t.values[1], t.values[2] / dense_macs] for t in trials if _feasible(t)]
+    pts = [p for p in pts if p[2] < 1.0]  # at or beyond the reference: no volume
+    if not pts:
+        return 0.0
+    return float(compute_hypervolume(np.asarray(pts, dtype=float), np.asarray([0.0, 0.0, 1.0])))
+
+
+def hv_curve(trials: Sequence[FrozenTrial], dense_macs: float) -> list[float]:
+    """Hypervolume after each finished trial, in trial order (pruned/failed trials repeat the last value)."""
+    done = sorted((t for t in trials if t.state.is_finished()), key=lambda t: t.number)
+    return [hypervolume(done[: k + 1], dense_macs) for k in range(len(done))]
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+
+def run_study(cfg: StudyConfig, storage: str, *, workers: int = 1) -> tuple[optuna.Study, float]:
+    """Creates (or resumes) and optimizes a study; returns it and the wall-clock seconds of optimize."""
+    store = make_storage(storage)
+    if cfg.name not in optuna.get_all_study_names(store):
+        create_study(cfg, storage=storage)
+    t0 = time.perf_counter()
+    study = optimize(cfg.name, storage, n_trials=cfg.n_trials, workers=workers, quiet=True)
+    return study, time.perf_counter() - t0
+
+
+def _dense_macs(trials: Sequence[FrozenTrial]) -> float:
+    for t in trials:
+        if "dense_macs" in t.user_attrs:
+            return float(t.user_attrs["dense_macs"])
+    raise RuntimeError("no completed trial recorded dense_macs")
+
+
+def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Trials per hour with 1 and 2 worker processes sharing a PostgreSQL study."""
+    if args.no_pg:
+        return {"skipped": "--no-pg"}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _pg import PostgresUnavailable, postgres_server
+
+    def measure(url: str) -> dict[str, Any]:
+        res: dict[str, Any] = {"storage": url.split("@")[-1], "trials": args.throughput_trials}
+        for workers in (1, 2):
+            stamp = f"_{int(time.time())}" if args.pg_url else ""  # a long-lived server keeps old studies
+            cfg = bench_config(base_cfg, name=f"throughput_w{workers}{stamp}", out=out, quick=args.quick,
+                               n_trials=args.throughput_trials, sampler={"name": "tpe", "seed": 0},
+                               pgd_steps=args.pgd_steps)
+            study, wall = run_study(cfg, url, workers=workers)
+            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+            trial_s = [(t.datetime_complete - t.datetime_start).total_seconds()
+                       for t in study.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_start]
+            res[f"workers_{workers}"] = {"wall_s": round(wall, 1), "finished": n,
+                                         "trials_per_hour": round(n / wall * 3600, 1),
+                                         "mean_trial_s": round(statistics.mean(trial_s), 1) if trial_s
+                                         else None}
+            print(f"[bench] {workers} worker(s): {n} trials in {wall:.0f} s = "
+                  f"{res[f'workers_{workers}']['trials_per_hour']:.0f} trials/h", flush=True)
+        res["speedup"] = round(res["workers_2"]["trials_per_hour"] / res["workers_1"]["trials_per_hour"], 2)
+        return res
+
+    if args.pg_url:
+        return measure(args.pg_url)
+    try:
+        with postgres_server() as url:
+            return measure(url)
+    except PostgresUnavailable as e:
+        print(f"[bench] throughput skipped: PostgreSQL unavailable: {e}", file=sys.stderr)
+        return {"skipped": f"PostgreSQL unavailable: {e}"}
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, nd: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def write_report(out: Path, results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[list[float]]] = results["curves"]
+    budget = results["trials"]
+    colors = {"tpe": "tab:blue", "nsga2": "tab:orange", "random": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sampler, runs in curves.items():
+        runs = [r + [r[-1]] * (budget - len(r)) if r else [0.0] * budget for r in runs]
+        xs = list(range(1, budget + 1))
+        mean = [statistics.mean(r[i] for r in runs) for i in range(budget)]
+        ax.plot(xs, mean, label=f"{sampler} (mean of {len(runs)} seed(s))", color=colors.get(sampler))
+        if len(runs) > 1:
+            ax.fill_between(xs, [min(r[i] for r in runs) for i in range(budget)],
+                            [max(r[i] for r in runs) for i in range(budget)], alpha=0.2,
+                            color=colors.get(sampler))
+    if results["baselines"].get("hypervolume") is not None:
+        ax.axhline(results["baselines"]["hypervolume"], ls="--", color="grey",
+                   label="seed recipes (baselines) only")
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume (clean, PGD, MACs/dense)")
+    ax.set_title(f"Fashion-MNIST CNN-8: hypervolume vs trials (budget {budget})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(out / "hv_vs_trials.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sampler, pts in results["fronts"].items():
+        if not pts:
+            continue
+        # dots: the 3-objective Pareto set; steps: its trade-off in this (MACs, PGD) projection
+        pts = sorted(pts, key=lambda p: (p["mac_ratio"], -p["robust_acc"]))
+        ax.scatter([p["mac_ratio"] for p in pts], [p["robust_acc"] for p in pts], s=16, alpha=0.8,
+                   color=colors.get(sampler), label=f"{sampler} Pareto set (seed {results['seeds'][0]})")
+        front, best = [], -1.0
+        for p in pts:
+            if p["robust_acc"] > best:
+                front.append(p)
+                best = p["robust_acc"]
+        ax.step([p["mac_ratio"] for p in front], [p["robust_acc"] for p in front], where="post", alpha=0.6,
+                color=colors.get(sampler))
+    for b in results["baselines"]["points"]:
+        if b["robust_acc"] is not None:
+            ax.scatter([b["mac_ratio"]], [b["robust_acc"]], marker="*", s=120, color="black", zorder=5)
+            ax.annotate(b["name"], (b["mac_ratio"], b["robust_acc"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+    ax.set_xlabel("MACs / dense MACs")
+    ax.set_ylabel("PGD accuracy (validation)")
+    ax.set_title("Pareto sets projected on (MACs, PGD accuracy) and seed recipes (*)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    lines = [f"# Search benchmark: Fashion-MNIST CNN-8, {budget} trials per study, "
+             f"seeds {results['seeds']}", "",
+             f"Per trial: {results['setting']}", "",
+             "| sampler | final HV mean | std | min | max | HV @25% | HV @50% | complete | pruned | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for sampler, runs in curves.items():
+        finals = [r[-1] if r else 0.0 for r in runs]
+        at = {q: statistics.mean(r[min(len(r), max(1, round(budget * q))) - 1] if r else 0.0 for r in runs)
+              for q in (0.25, 0.5)}
+        states = results["states"][sampler]
+        lines.append(f"| {sampler} | {_fmt(statistics.mean(finals))} | "
+                     f"{_fmt(statistics.stdev(finals) if len(finals) > 1 else 0.0)} | {_fmt(min(finals))} | "
+                     f"{_fmt(max(finals))} | {_fmt(at[0.25])} | {_fmt(at[0.5])} | {states['complete']} | "
+                     f"{states['pruned']} | {states['fail']} |")
+    lines += ["", "Seed recipes (enqueued baselines, one study):", "",
+              "| baseline | state | clean | PGD | MACs/dense |", "|---|---|---|---|---|"]
+    for b in results["baselines"]["points"]:
+        lines.append(f"| {b['name']} | {b['state']} | {_fmt(b['clean_acc'])} | {_fmt(b['robust_acc'])} | "
+                     f"{_fmt(b['mac_ratio'], 3)} |")
+    lines.append(f"\nBaselines-only hypervolume: {_fmt(results['baselines'].get('hypervolume'))}")
+    tp = results["throughput"]
+    lines += ["", "Throughput on PostgreSQL (TPE, same budget for both):", ""]
+    if "skipped" in tp:
+        lines.append(f"skipped: {tp['skipped']}")
+    else:
+        lines += ["| workers | trials | wall s | trials/hour | mean trial s |", "|---|---|---|---|---|"]
+        for w in (1, 2):
+            r = tp[f"workers_{w}"]
+            lines.append(f"| {w} | {r['finished']} | {r['wall_s']} | {r['trials_per_hour']} | "
+                         f"{r['mean_trial_s']} |")
+        lines.append(f"\nspeed-up with 2 workers: {tp['speedup']}x (wall clock includes worker start-up; "
+                     f"{os.cpu_count()} CPU cores)")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(ROOT / "studies" / "fmnist_quick.yaml"))
+    p.add_argument("--trials", type=int, default=None, help="trial budget per study (default 40; --quick 4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="sampler seeds (default 0 1 2; --quick 0)")
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help=f"seed recipes as 'name[@sparsity]' (default: {' '.join(FULL_BASELINES)})")
+    p.add_argument("--pgd-steps", type=int, default=None, help="PGD steps per trial (default 5; --quick 3)")
+    p.add_argument("--population", type=int, default=None, help="NSGA-II population (default budget/4, >= 2)")
+    p.add_argument("--throughput-trials", type=int, default=None,
+                   help="trials per throughput run (default 8)")
+    p.add_argument("--pg-url", help="use this PostgreSQL server instead of starting a throw-away one")
+    p.add_argument("--no-pg", action="store_true", help="skip the 1-vs-2 worker throughput measurement")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_search"))
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 4 trials, 1 seed, 2 baselines, 512 training images, PGD-3, "
+                        "2 throughput trials")
+    args = p.parse_args(argv)
+    # unset options take the --quick or the full default
+    args.trials = args.trials or (4 if args.quick else 40)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.throughput_trials = args.throughput_trials or (2 if args.quick else 8)
+    args.pgd_steps = args.pgd_steps or (3 if args.quick else 5)
+    baselines = args.baselines if args.baselines is not None else (
+        QUICK_BASELINES if args.quick else FULL_BASELINES)
+    population = args.population or max(2, args.trials // 4)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base_cfg = load_study_config(args.config)
+    # The base model exactly as fmnist_quick trains it (full recipe and data), shared with that study.
+    from searchprune.data import make_splits
+    from searchprune.utils import get_device
+
+    model = {**to_dict(base_cfg.model), "checkpoint": str(_base_path(base_cfg))}
+    ensure_base_model(build(StudyConfig, {**to_dict(base_cfg), "model": model}), make_splits(base_cfg.data),
+                      get_device("cpu"))
+
+    sampler_opts = {"tpe": {"n_startup_trials": max(2, args.trials // 4)},
+                    "nsga2": {"population_size": population}, "random": {}}
+    results: dict[str, Any] = {
+        "trials": args.trials, "seeds": args.seeds, "quick": args.quick, "sampler_options": sampler_opts,
+        "setting": "", "curves": {}, "states": {}, "fronts": {}, "studies": {},
+    }
+    t_start = time.perf_counter()
+    for sampler in args.samplers:
+        results["curves"][sampler], results["studies"][sampler] = [], []
+        states = {"complete": 0, "pruned": 0, "fail": 0}
+        for seed in args.seeds:
+            name = f"{sampler}_s{seed}"
+            cfg = bench_config(base_cfg, name=name, out=out, quick=args.quick, n_trials=args.trials,
+                               sampler={"name": sampler, "seed": seed, "options": sampler_opts[sampler]},
+                               pgd_steps=args.pgd_steps)
+            results["setting"] = (f"{cfg.data.train_size} training images, PGD-{cfg.threat.steps} "
+                                  f"(eps {cfg.threat.eps:g}, step {cfg.threat.alpha:g}) on {cfg.eval.n_eval} "
+                                  "validation images, no transfer / masking checks")
+            storage = f"sqlite:///{out / f'{name}.db'}"
+            study, wall = run_study(cfg, storage)
+            trials = study.get_trials(deepcopy=False)
+            dense = _dense_macs(trials)
+            curve = hv_curve(trials, dense)
+            results["curves"][sampler].append(curve)
+            for t in trials:
+                key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
+                if t.state in key:
+                    states[key[t.state]] += 1
+            results["studies"][sampler].append({"seed": seed, "storage": storage, "wall_s": round(wall, 1),
+                                                "final_hv": curve[-1] if curve else 0.0})
+            if seed == args.seeds[0]:
+                results["fronts"][sampler] = [
+                    {"trial": t.number, "clean_acc": t.values[0], "robust_acc": t.values[1],
+                     "mac_ratio": t.values[2] / dense} for t in study.best_trials]
+            print(f"[bench] {name}: {len(trials)} trials in {wall:.0f} s, "
+                  f"final HV {curve[-1] if curve else 0:.4f}",
+                  flush=True)
+        results["states"][sampler] = states
+
+    # the seed recipes, once, in a study whose space can express them all
+    results["baselines"] = {"points": [], "hypervolume": None}
+    if baselines:
+        cfg = bench_config(base_cfg, name="baselines", out=out, quick=args.quick, n_trials=0,
+                           sampler={"name": "random", "seed": 0}, pgd_steps=args.pgd_steps,
+                           baselines=baselines, space=baseline_space(base_cfg))
+        from searchprune.study import baseline_trials
+
+        n_base = len(baseline_trials(cfg))
+        cfg = build(StudyConfig, {**to_dict(cfg), "n_trials": n_base})
+        storage = f"sqlite:///{out / 'baselines.db'}"
+        study, _ = run_study(cfg, storage)
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:n_base]
+        labels = [e for e in baselines for _ in range(len(baseline_trials(
+            build(StudyConfig, {**to_dict(cfg), "baselines": [e]}))))]
+        done = [t for t in trials if "dense_macs" in t.user_attrs]
+        dense = _dense_macs(done) if done else float("nan")
+        for label, t in zip(labels, trials):
+            ok = t.state == TrialState.COMPLETE
+            results["baselines"]["points"].append({
+                "name": label, "trial": t.number, "state": t.state.name.lower(),
+                "clean_acc": t.values[0] if ok else None, "robust_acc": t.values[1] if ok else None,
+                "mac_ratio": t.values[2] / dense if ok else None,
+                "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")})
+        results["baselines"]["hypervolume"] = hypervolume(trials, dense) if done else None
+
+    results["throughput"] = throughput(base_cfg, out, args)
+    results["total_s"] = round(time.perf_counter() - t_start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_report(out, results)
+    print((out / "results.md").read_text())
+    print(f"[bench] wrote {out / 'hv_vs_trials.png'}, {out / 'pareto.png'}, {out / 'results.md'}, "
+          f"{out / 'results.json'} in {results['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
