@@ -197,6 +197,12 @@ def baseline_trials(cfg: StudyConfig) -> list[dict[str, Any]]:
                         raise ConfigError(f"baselines: {entry!r} needs {field_name}={want[field_name]!r}, but the "
                                           f"space pins {key} to {spec.value!r}")
                 elif field_name in want and not spec.per_layer:
+                    # a choice outside the space would fail the trial when Optuna replays it (ranges
+                    # are fine: the dense model's sparsity 0 sits below a searched range on purpose)
+                    if spec.type == "categorical" and want[field_name] not in (spec.choices or ()):
+                        raise ConfigError(f"baselines: {entry!r} sets {field_name}={want[field_name]!r} (space "
+                                          f"allows: {', '.join(map(str, spec.choices or ()))}); add the value "
+                                          f"to space.{key} to enqueue this baseline")
                     chosen[key] = want[field_name]
                 covered.add(field_name)
             missing = [k for k, v in want.items() if k not in covered and _default_of(cfg.defaults, k) != v]

@@ -182,15 +182,18 @@ def test_baselines_are_the_first_trials(tmp_path, base):
     assert t1.user_attrs["sparsity"] == pytest.approx(0.6, abs=0.02)
 
 
-@pytest.mark.parametrize("baseline, message", [
-    ("hydra", "baselines: 'hydra' sets prune.method, prune.allocation"),      # the space has no prune.method
-    ("shrinkbench@0.5", "finetune.recipe='standard' (space allows: none, fast)"),  # not among the choices
-    ("nonsense", "unknown baseline 'nonsense'"),
+@pytest.mark.parametrize("baseline, recipes, message", [
+    # the space has no prune.method / prune.allocation and the defaults differ
+    ("hydra", ["none", "fast", "trades"], "baselines: 'hydra' sets prune.method, prune.allocation"),
+    # a value the space's choices lack
+    ("shrinkbench@0.5", ["none", "fast"], "finetune.recipe='standard' (space allows: none, fast)"),
+    ("nonsense", ["none", "fast"], "unknown baseline 'nonsense'"),
 ])
-def test_unexpressible_baseline_is_refused(tmp_path, base, capsys, baseline, message):
-    cfg = tiny_config(tmp_path, base, name="refused", baselines=[baseline])
+def test_unexpressible_baseline_is_refused(tmp_path, base, capsys, baseline, recipes, message):
+    space = {"prune.sparsity": {"low": 0.3, "high": 0.9}, "finetune.recipe": recipes}
+    cfg = tiny_config(tmp_path, base, name="refused", baselines=[baseline], space=space)
     with pytest.raises(ConfigError) as refused:
-        create_study(tiny_study_config(tmp_path, base, name="refused", baselines=[baseline]),
+        create_study(tiny_study_config(tmp_path, base, name="refused", baselines=[baseline], space=space),
                      storage=_url(tmp_path))
     assert message in str(refused.value)
     # nothing was stored, so fixing the YAML and creating again works
