@@ -170,6 +170,46 @@ def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> di
         return {"skipped": f"PostgreSQL unavailable: {e}"}
 
 
+def run_baselines(base_cfg: StudyConfig, out: Path, entries: Sequence[str],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Runs each seed recipe once (enqueued trials of one study) and returns their points and HV."""
+    from searchprune.study import baseline_trials
+
+    cfg = bench_config(base_cfg, name="baselines", out=out, quick=args.quick, n_trials=0,
+                       sampler={"name": "random", "seed": 0}, pgd_steps=args.pgd_steps,
+                       space=baseline_space(base_cfg))
+    queue: list[tuple[str, dict[str, Any]]] = []
+    for entry in entries:
+        for params in baseline_trials(build(StudyConfig, {**to_dict(cfg), "baselines": [entry]})):
+            if entry.partition("@")[0] == "dense":
+                # sparsity 0 prunes nothing, but pin the method so the sampler does not pick, say, in_train
+                params = {"prune.method": "magnitude", "prune.granularity": "weight",
+                          "prune.allocation": "global", **params}
+            label = entry if "@" in entry or entry == "dense" else f"{entry}@{params['prune.sparsity']:g}"
+            queue.append((label, params))
+    cfg = build(StudyConfig, {**to_dict(cfg), "n_trials": len(queue)})
+    storage = f"sqlite:///{out / 'baselines.db'}"
+    if cfg.name not in optuna.get_all_study_names(make_storage(storage)):
+        study = create_study(cfg, storage=storage)
+        for label, params in queue:
+            study.enqueue_trial(params, user_attrs={"baseline": True, "recipe": label})
+    study, _ = run_study(cfg, storage)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[: len(queue)]
+    done = [t for t in trials if "dense_macs" in t.user_attrs]
+    dense = _dense_macs(done) if done else float("nan")
+    points = []
+    for t in trials:
+        ok = t.state == TrialState.COMPLETE
+        points.append({
+            "name": t.user_attrs.get("recipe", f"trial {t.number}"), "trial": t.number,
+            "state": t.state.name.lower(),
+            "clean_acc": t.values[0] if ok else None, "robust_acc": t.values[1] if ok else None,
+            "mac_ratio": t.values[2] / dense if ok else None,
+            "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")})
+        print(f"[bench] baseline {points[-1]['name']}: {points[-1]['state']}", flush=True)
+    return {"points": points, "hypervolume": hypervolume(trials, dense) if done else None}
+
+
 # ---- report -------------------------------------------------------------------------------------
 
 
@@ -279,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=None, help="trial budget per study (default 40; --quick 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="sampler seeds (default 0 1 2; --quick 0)")
-    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    p.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=SAMPLERS,
+                   help="samplers to compare (default: all three; none: baselines and throughput only)")
     p.add_argument("--baselines", nargs="*", default=None,
                    help=f"seed recipes as 'name[@sparsity]' (default: {' '.join(FULL_BASELINES)})")
     p.add_argument("--pgd-steps", type=int, default=None, help="PGD steps per trial (default 5; --quick 3)")
@@ -321,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trials": args.trials, "seeds": args.seeds, "quick": args.quick, "sampler_options": sampler_opts,
         "setting": "", "curves": {}, "states": {}, "fronts": {}, "studies": {},
     }
+    probe = bench_config(base_cfg, name="probe", out=out, quick=args.quick, n_trials=0,
+                         sampler={"name": "random", "seed": 0}, pgd_steps=args.pgd_steps)
+    results["setting"] = (f"{probe.data.train_size} training images, PGD-{probe.threat.steps} "
+                          f"(eps {probe.threat.eps:g}, step {probe.threat.alpha:g}) on {probe.eval.n_eval} "
+                          "validation images, no transfer / masking checks")
     t_start = time.perf_counter()
     for sampler in args.samplers:
         results["curves"][sampler], results["studies"][sampler] = [], []
@@ -330,9 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = bench_config(base_cfg, name=name, out=out, quick=args.quick, n_trials=args.trials,
                                sampler={"name": sampler, "seed": seed, "options": sampler_opts[sampler]},
                                pgd_steps=args.pgd_steps)
-            results["setting"] = (f"{cfg.data.train_size} training images, PGD-{cfg.threat.steps} "
-                                  f"(eps {cfg.threat.eps:g}, step {cfg.threat.alpha:g}) on {cfg.eval.n_eval} "
-                                  "validation images, no transfer / masking checks")
             storage = f"sqlite:///{out / f'{name}.db'}"
             study, wall = run_study(cfg, storage)
             trials = study.get_trials(deepcopy=False)
@@ -357,28 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the seed recipes, once, in a study whose space can express them all
     results["baselines"] = {"points": [], "hypervolume": None}
     if baselines:
-        cfg = bench_config(base_cfg, name="baselines", out=out, quick=args.quick, n_trials=0,
-                           sampler={"name": "random", "seed": 0}, pgd_steps=args.pgd_steps,
-                           baselines=baselines, space=baseline_space(base_cfg))
-        from searchprune.study import baseline_trials
-
-        n_base = len(baseline_trials(cfg))
-        cfg = build(StudyConfig, {**to_dict(cfg), "n_trials": n_base})
-        storage = f"sqlite:///{out / 'baselines.db'}"
-        study, _ = run_study(cfg, storage)
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:n_base]
-        labels = [e for e in baselines for _ in range(len(baseline_trials(
-            build(StudyConfig, {**to_dict(cfg), "baselines": [e]}))))]
-        done = [t for t in trials if "dense_macs" in t.user_attrs]
-        dense = _dense_macs(done) if done else float("nan")
-        for label, t in zip(labels, trials):
-            ok = t.state == TrialState.COMPLETE
-            results["baselines"]["points"].append({
-                "name": label, "trial": t.number, "state": t.state.name.lower(),
-                "clean_acc": t.values[0] if ok else None, "robust_acc": t.values[1] if ok else None,
-                "mac_ratio": t.values[2] / dense if ok else None,
-                "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason")})
-        results["baselines"]["hypervolume"] = hypervolume(trials, dense) if done else None
+        results["baselines"] = run_baselines(base_cfg, out, baselines, args)
 
     results["throughput"] = throughput(base_cfg, out, args)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
