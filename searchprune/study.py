@@ -129,6 +129,12 @@ def _dense(sparsity: float) -> dict[str, Any]:
     return {"prune.sparsity": 0.0, "finetune.recipe": "none", "quant.mode": "none"}
 
 
+# Fields that make no difference at sparsity 0. Where the space searches them (and allows these
+# values), the dense baseline pins them instead of letting the sampler pick, say, a learned method
+# that would train scores for a model it then leaves dense.
+_DENSE_PINS = {"prune.method": "magnitude", "prune.granularity": "weight", "prune.allocation": "global"}
+
+
 @register_baseline("shrinkbench")
 def _shrinkbench(sparsity: float) -> dict[str, Any]:
     """Global weight-magnitude pruning + standard fine-tuning (ShrinkBench GlobalMagWeight)."""
@@ -199,11 +205,15 @@ def baseline_trials(cfg: StudyConfig) -> list[dict[str, Any]]:
                 elif field_name in want and not spec.per_layer:
                     # a choice outside the space would fail the trial when Optuna replays it (ranges
                     # are fine: the dense model's sparsity 0 sits below a searched range on purpose)
-                    if spec.type == "categorical" and want[field_name] not in (spec.choices or ()):
-                        raise ConfigError(f"baselines: {entry!r} sets {field_name}={want[field_name]!r} (space "
-                                          f"allows: {', '.join(map(str, spec.choices or ()))}); add the value "
+                    choices = spec.choices or ()
+                    if spec.type == "categorical" and want[field_name] not in choices:
+                        raise ConfigError(f"baselines: {entry!r} sets {field_name}={want[field_name]!r} "
+                                          f"(space allows: {', '.join(map(str, choices))}); add the value "
                                           f"to space.{key} to enqueue this baseline")
                     chosen[key] = want[field_name]
+                elif name == "dense" and spec.type == "categorical" and \
+                        _DENSE_PINS.get(field_name, _UNSET) in (spec.choices or ()):
+                    chosen[key] = _DENSE_PINS[field_name]
                 covered.add(field_name)
             missing = [k for k, v in want.items() if k not in covered and _default_of(cfg.defaults, k) != v]
             if missing:

@@ -7,6 +7,7 @@ each trial is prune -> a short fine-tune -> PGD-3 on 64 validation images.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -14,6 +15,7 @@ from _tiny import tiny_config, tiny_study_config, trials_of, write_yaml
 from optuna.trial import TrialState
 
 from searchprune.cli import main
+from searchprune.config import StudyConfig, build, to_dict
 from searchprune.study import (
     OBJECTIVE_NAMES,
     _finished,
@@ -85,6 +87,27 @@ def test_finished_counts_retried_failures_once(tmp_path):
     study.add_trial(create(state=TrialState.FAIL))                                         # 4 plain failure
     study.add_trial(create(state=TrialState.WAITING))                                      # 5 not finished
     assert _finished(study) == 4  # 0, 1, 3 and 4
+
+
+def test_dense_baseline_pins_what_the_sampler_would_pick(tmp_path):
+    """At sparsity 0 the method does not matter, so the dense point must not leave it to the sampler."""
+    from searchprune.config import load_study_config
+    from searchprune.study import baseline_trials
+
+    def dense(methods: list[str]) -> list[dict]:
+        space = {"prune.method": methods, "prune.sparsity": {"low": 0.3, "high": 0.9},
+                 "finetune.recipe": ["none", "fast"]}
+        cfg = tiny_study_config(tmp_path, tmp_path / "base.pt", baselines=["dense"], space=space)
+        return baseline_trials(cfg)
+
+    assert dense(["taylor", "magnitude"]) == [{"prune.method": "magnitude", "prune.sparsity": 0.0,
+                                                "finetune.recipe": "none"}]
+    # magnitude not offered: the method stays the sampler's choice
+    assert dense(["taylor", "gradient"]) == [{"prune.sparsity": 0.0, "finetune.recipe": "none"}]
+    full = load_study_config(Path(__file__).parent.parent / "studies" / "fmnist_full.yaml")
+    dense = baseline_trials(build(StudyConfig, {**to_dict(full), "baselines": ["dense"]}))[0]
+    assert dense["prune.method"] == "magnitude" and dense["prune.sparsity"] == 0.0
+    assert dense["prune.granularity@scored"] == "weight" and dense["prune.allocation@scored"] == "global"
 
 
 # ---- end to end ---------------------------------------------------------------------------------
