@@ -765,91 +765,81 @@ def _earlier_masks(module: nn.Module) -> torch.Tensor | None:
     return out
 
 
-def _order_and_pick(bins: list[torch.Tensor], logits: list[torch.Tensor], tiebreak: list[torch.Tensor],
-                    select: Callable, descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tensor index, flat index) of the units ``select(flat_binary, flat_logits) -> idx`` picks,
-    ordered by logit, ties (e.g. masks that never moved) by ``tiebreak`` (weight magnitude), then
-    by position."""
-    ts, ix, vs, ws = [], [], [], []
-    for ti, (b, lg, tb) in enumerate(zip(bins, logits, tiebreak)):
-        idx = select(b.reshape(-1), lg.reshape(-1))
-        ts.append(torch.full_like(idx, ti))
-        ix.append(idx)
-        vs.append(lg.reshape(-1)[idx].double())
-        ws.append(tb.reshape(-1)[idx].double())
-    t, i, v, w = torch.cat(ts), torch.cat(ix), torch.cat(vs), torch.cat(ws)
-    sign = -1.0 if descending else 1.0
-    order = torch.sort(sign * w, stable=True).indices  # secondary key first, then a stable primary sort
-    order = order[torch.sort(sign * v[order], stable=True).indices]
-    return t[order], i[order]
-
-
-def _with(bins: list[torch.Tensor], tensors: torch.Tensor, indices: torch.Tensor, k: int, value: float
-          ) -> list[torch.Tensor]:
-    """Copies of ``bins`` with the first ``k`` listed units set to ``value``."""
-    out = [b.clone().reshape(-1) for b in bins]
-    for ti in range(len(bins)):
-        out[ti][indices[:k][tensors[:k] == ti]] = value
-    return [o.reshape(b.shape) for o, b in zip(out, bins)]
-
-
-def _search(n: int, ok: Callable[[int], bool], *, largest: bool) -> int:
-    """Binary search over a monotone predicate on 0..n: the smallest k with ok(k) (largest=False,
-    ok rising in k) or the largest k with ok(k) (largest=True, ok falling in k)."""
-    lo, hi = 0, n
-    if largest:
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-        return lo
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-    return lo
+def _preference(logits: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
+    """Flat unit indices of one mask tensor, most worth keeping first: by logit, ties (e.g. masks
+    that never moved) by ``tiebreak`` (weight magnitude), then by position."""
+    lg, tb = logits.reshape(-1).double(), tiebreak.reshape(-1).double().to(logits.device)
+    order = torch.sort(-tb, stable=True).indices
+    return order[torch.sort(-lg[order], stable=True).indices]
 
 
 @torch.no_grad()
 def _fit_to_target_(bins: list[torch.Tensor], logits: list[torch.Tensor], hc: HardwareCost, target: float,
                     as_binaries: Callable[[list], Any], *, tiebreak: list[torch.Tensor] | None = None,
                     min_keep: int = 0, drop: bool = True, fill: bool = True) -> tuple[int, int]:
-    """Moves the binary masks along the logit order to the largest cost not above ``target``.
+    """Moves the binary masks to the largest cost not above ``target``, keeping the learned
+    allocation's shape.
 
-    Above the target (``drop``): kept units go, lowest logit first, until it is met; with
-    ``min_keep`` each tensor (a channel group) keeps its highest-logit kept unit. Below it
-    (``fill``): pruned units come back, highest logit first, while the cost stays within it (the
-    penalty is a hinge, so it can overshoot: a whole layer's masks often cross zero in one step).
-    Both searches are binary searches: the cost only falls as units go and rises as they return.
-    Edits ``bins`` in place.
+    Each mask tensor (a layer's weights or kernels, or a channel group) keeps the fraction
+    ``f + delta`` of its units, ``f`` its fraction at freezing and ``delta`` one shift shared by all
+    tensors, found by bisection (the cost only rises with ``delta``); within a tensor the units with
+    the highest logits are kept (ties by weight magnitude), so ``delta = 0`` is the trained mask.
+    Single units are then added, lowest extra ``delta`` first, while the cost stays within the
+    target, so it lands within one unit of it. Above the target (``drop``) this removes units;
+    below it (``fill``) it brings units back: the hinge overshoots, and in short runs whole layers
+    cross together (every mask of a layer has the same cost share), which leaves the logits
+    comparable within a layer but not across layers. With ``min_keep`` every tensor keeps that
+    many units. Edits ``bins`` in place.
 
     Returns:
-        ``(units dropped, units revived)``.
+        ``(units dropped, units revived)`` relative to the trained masks.
     """
     eps = 1e-12
     tiebreak = tiebreak if tiebreak is not None else [torch.zeros_like(lg) for lg in logits]
+    start = [b.clone() for b in bins]
 
     def ratio(b: list[torch.Tensor]) -> float:
         return float(hc.ratio(as_binaries(b)))
 
-    if ratio(bins) > target + eps:
-        if not drop:
-            return 0, 0
-
-        def kept_but_best(b: torch.Tensor, lg: torch.Tensor) -> torch.Tensor:
-            idx = torch.nonzero(b > 0).flatten()
-            if min_keep and idx.numel() > 0:
-                idx = idx[idx != idx[torch.argmax(lg[idx])]]
-            return idx
-
-        t, i = _order_and_pick(bins, logits, tiebreak, kept_but_best, descending=False)
-        k = _search(i.numel(), lambda k: ratio(_with(bins, t, i, k, 0.0)) <= target + eps, largest=False)
-        for b, new in zip(bins, _with(bins, t, i, k, 0.0)):
-            b.copy_(new)
-        return k, 0
-    if not fill:
+    over = ratio(bins) > target + eps
+    if (over and not drop) or (not over and not fill):
         return 0, 0
-    t, i = _order_and_pick(bins, logits, tiebreak, lambda b, lg: torch.nonzero(b == 0).flatten(),
-                           descending=True)
-    k = _search(i.numel(), lambda k: ratio(_with(bins, t, i, k, 1.0)) <= target + eps, largest=True)
-    for b, new in zip(bins, _with(bins, t, i, k, 1.0)):
+    prefs = [_preference(lg, tb) for lg, tb in zip(logits, tiebreak)]
+    sizes = [lg.numel() for lg in logits]
+    frac = [float(b.sum()) / n for b, n in zip(bins, sizes)]
+    lows = [min(min_keep, n) for n in sizes]
+
+    def counts(delta: float) -> list[int]:
+        return [min(n, max(least, int(math.floor((f + delta) * n + 0.5))))
+                for f, n, least in zip(frac, sizes, lows)]
+
+    def build(ks: list[int]) -> list[torch.Tensor]:
+        out = []
+        for b, order, k in zip(bins, prefs, ks):
+            flat = torch.zeros(b.numel(), dtype=b.dtype, device=b.device)
+            flat[order[:k]] = 1
+            out.append(flat.reshape(b.shape))
+        return out
+
+    lo, hi = (-1.0, 0.0) if over else (0.0, 1.0)
+    if ratio(build(counts(lo))) > target + eps:
+        ks = counts(lo)  # even the floor is over the target: keep the minimum
+    else:
+        for _ in range(60):  # largest feasible delta
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ratio(build(counts(mid))) <= target + eps else (lo, mid)
+        ks = counts(lo)
+        grown = True
+        while grown:  # top up one unit at a time, the tensors closest to their next unit first
+            grown = False
+            nxt = sorted(range(len(ks)), key=lambda t: (ks[t] + 0.5) / sizes[t] - frac[t])
+            for t in nxt:
+                if ks[t] < sizes[t]:
+                    trial = ks[:t] + [ks[t] + 1] + ks[t + 1:]
+                    if ratio(build(trial)) <= target + eps:
+                        ks, grown = trial, True
+    for b, new in zip(bins, build(ks)):
         b.copy_(new)
-    return 0, k
+    dropped = sum(int(((s > 0) & (b == 0)).sum()) for s, b in zip(start, bins))
+    revived = sum(int(((s == 0) & (b > 0)).sum()) for s, b in zip(start, bins))
+    return dropped, revived
