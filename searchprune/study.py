@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,15 @@ def make_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
             f"storage {url!r} is not a URL; expected sqlite:///PATH, postgresql://..., mysql://... "
             f"or a journal file ending in {', '.join(JOURNAL_SUFFIXES)}"
         )
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words, and stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
     except (ImportError, ModuleNotFoundError) as e:
         raise ConfigError(f"storage {url!r} needs a database driver: {e}; "
                           "for PostgreSQL: pip install 'searchprune[postgres]'") from None
