@@ -31,17 +31,23 @@ flatten into a linear layer); grouped / depthwise convs get no input-side credit
 
 Penalty weight. A fixed ``lam`` (option) is the paper's. By default the weight is adaptive: it
 starts at 1/100 of :func:`lam_auto` (the weight at which the penalty alone would carry an average
-mask across the boundary by mid-window) and grows geometrically while the cost is above the target,
-so masks go in order of robust-loss importance per unit of cost rather than all at once.
+mask across the boundary by mid-window) and grows geometrically while the cost is above the target
+(reaching 100x that at the window's end if it must), so a run of any length reaches the target; a
+unit's logit falls only while ``lam x (its cost share)`` beats the robust loss's pull on it, so
+given enough steps units go in order of importance per unit of cost (in runs of a few hundred
+steps a layer's masks still tend to cross together: see the fit below).
 
 Freezing. The masks freeze at the first step within the target (the paper stops mask training once
 ``L_HW = 0``), at ``prune_end`` at the latest; the weights then keep training with the final masks.
-At that moment the binary masks are fitted to the target along the logit order (ties by weight
-magnitude): kept units with the lowest logits are dropped while the cost is above the target
-(``enforce_target``), and pruned units with the highest logits come back while it stays within
-(``fill_target``; the hinge overshoots, since every mask of a layer has the same cost share and
-they cross together in short runs). So the achieved ratio never exceeds the target and falls short
-of it by at most one unit's cost. Both False gives the paper's raw binarization.
+At that moment the binary masks are fitted to the target: every mask tensor (a layer, or a channel
+group) keeps the fraction ``f + delta`` of its units, ``f`` its trained fraction and ``delta`` one
+shift for all, the units with the highest logits (ties by weight magnitude) kept within each
+tensor, then single units top it up. Kept units go while the cost is above the target
+(``enforce_target``); pruned units come back while it stays within (``fill_target``): the hinge
+overshoots, and in short runs a whole layer's masks cross together (they share one cost share),
+which leaves logits comparable within a layer but not across layers. So the achieved ratio never
+exceeds the target and falls short of it by about one unit's cost. Both False gives the paper's raw
+binarization.
 
 After training the binary masks become the shared fixed :class:`Mask` (weight, kernel), or the
 pruned channels are removed physically through the same dependency groups (channel; every group
