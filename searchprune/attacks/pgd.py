@@ -115,6 +115,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
         restarts: independent runs; per example the first input that fools the model is kept, so
             an example is robust only if no restart fools it. Restarts after the first attack
             only the examples not fooled yet; unfooled examples return the last restart's input.
+            Without ``random_start`` all restarts would be identical, so one run is made.
         clamp: keep inputs in [0, 1].
         loss_fn: ``loss_fn(logits, y) -> scalar`` to ascend (default: cross-entropy, summed).
             With a loss that is not about misclassifying ``y``, set ``early_stop=False``.
@@ -151,7 +152,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
         assert y is not None
         kw = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, random_init=random_start, clamp=clamp,
                   loss_fn=loss_fn, early_stop=early_stop, precision=precision)
-        if restarts == 1:
+        if restarts == 1 or not random_start:  # without a random start every restart is identical
             return _pgd_once(model, x, y, **kw).contiguous()
 
         x_best = x.clone()
