@@ -319,3 +319,21 @@ def test_bf16_matches_fp32_on_a_trained_cnn8() -> None:
         acc16 = _acc(model, pgd(model, x, y, **kw, precision="bf16"), y)
         assert 0.3 < acc32 < _acc(model, x, y) - 0.1  # something left to attack, and attacked
         assert abs(acc32 - acc16) <= 0.02
+
+
+def test_conv_layout_converts_ambiguous_weights_and_restores_storage() -> None:
+    from searchprune.attacks._base import conv_layout, fast_layout
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 1), nn.Flatten())  # both shapes ambiguous
+    before = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
+    cl_strides = {n: torch.empty_like(p, memory_format=torch.channels_last).stride()
+                  for n, p in model.named_parameters() if p.dim() == 4}
+    with conv_layout(model):
+        assert {n: p.stride() for n, p in model.named_parameters() if p.dim() == 4} == cl_strides
+        with torch.no_grad():
+            model[0].weight.add_(1.0)  # e.g. an optimizer step inside train_
+    assert {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()} == before
+    assert (model[0].weight > 0.5).all()  # the update survived the restore
+    x = torch.rand(2, 1, 5, 5)
+    assert fast_layout(x).stride() == torch.empty_like(x, memory_format=torch.channels_last).stride()
+    assert torch.equal(fast_layout(x), x)
