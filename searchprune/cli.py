@@ -268,8 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_optuna() -> None:
+    """Optuna labels APIs we rely on (metric names, heartbeats) experimental, and logs at INFO;
+    both are noise on a user's terminal. Our own lines say what happens."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_optuna()
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
