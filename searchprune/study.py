@@ -9,6 +9,7 @@ worker on any machine needs only the study name and the storage URL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -386,7 +387,7 @@ def ensure_base_model(cfg: StudyConfig, splits: Any, device: Any, *, progress: b
     """Loads the base checkpoint, or trains and saves it when missing and ``model.train`` is set."""
     from .attacks import evaluate
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import BatchLoader
+    from .data import BatchLoader, make_splits
     from .models import build_model
     from .train import train_
     from .utils import seed_everything
@@ -404,7 +405,10 @@ def ensure_base_model(cfg: StudyConfig, splits: Any, device: Any, *, progress: b
     model = build_model(cfg.model, splits.info).to(device)
     print(f"training base model {cfg.model.arch or cfg.model.factory} on {cfg.data.dataset} "
           f"({tcfg.recipe}, {tcfg.epochs} epochs) -> {path}", flush=True)
-    loader = BatchLoader(splits.train, tcfg.batch_size, shuffle=True, seed=tcfg.seed, device=device)
+    # The base model trains on every training image (data.train_size only caps what each trial
+    # fine-tunes on); validation is carved first, so it stays disjoint and unchanged.
+    full = make_splits(dataclasses.replace(cfg.data, train_size=None)) if cfg.data.train_size else splits
+    loader = BatchLoader(full.train, tcfg.batch_size, shuffle=True, seed=tcfg.seed, device=device)
     history = train_(model, loader, tcfg, threat=cfg.threat, progress=progress)
     res = evaluate(model, BatchLoader(splits.val, cfg.data.eval_batch_size, device=device,
                                       max_images=cfg.eval.n_eval), cfg.threat, attacks=("pgd",))
