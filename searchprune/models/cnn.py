@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..utils import ConfigError
+
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model, require_min_size
 
@@ -29,14 +31,17 @@ class EightLayerConv(nn.Module):
     Convs (all 3x3, padding 1, with bias, each followed by ReLU): 32, 32/s2, 64, 64/s2, 128,
     128/s2; then flatten -> FC(128*h*w -> 128) -> ReLU -> FC(128 -> num_classes). For 28x28 and
     32x32 inputs the feature map is 128x4x4, so the first FC is 2048 -> 128 as in the paper.
-    Weights keep PyTorch's default init, like the reference code.
-
     Args:
         num_classes: classifier outputs.
         in_channels: input channels.
         image_size: ``(H, W)``, sizes the first FC.
         mean: per-channel input mean for :class:`Normalize` (None: no normalization).
         std: per-channel input std.
+        init: "kaiming" (He-normal weights, zero biases) or "torch_default" (PyTorch's default,
+            as the reference code). Eight plain ReLU layers without BatchNorm shrink the signal
+            under PyTorch's default init, so training sits at loss ln(10) for hundreds of steps
+            (measured: 150 batches of SGD at lr 0.1 left it at chance); He init starts learning
+            at once. Use "torch_default" to reproduce the paper exactly.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class EightLayerConv(nn.Module):
         image_size: tuple[int, int] = (28, 28),
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std, num_channels=in_channels)
@@ -64,6 +70,13 @@ class EightLayerConv(nn.Module):
         self.fc1 = nn.Linear(c_in * h * w, 128)  # 128 * 4 * 4 = 2048 for 28x28 and 32x32
         self.relu7 = nn.ReLU()
         self.fc2 = mark_classifier(nn.Linear(128, num_classes))
+        if init == "kaiming":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+        elif init != "torch_default":
+            raise ConfigError(f"cnn8 init {init!r}: expected 'kaiming' or 'torch_default'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)  # (B, C, H, W)
@@ -132,10 +145,11 @@ def cnn8(
     image_size: tuple[int, int] = (28, 28),
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    init: str = "kaiming",
 ) -> nn.Module:
     """Adver-Fine's ``EightLayerConv`` (see :class:`EightLayerConv`)."""
     return EightLayerConv(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                          mean=mean, std=std)
+                          mean=mean, std=std, init=init)
 
 
 @register_model("mnist_small")
