@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 from searchprune.checkpoint import load_checkpoint
-from searchprune.config import DataConfig, EvalConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig, TrialParams
+from searchprune.config import (
+    DataConfig,
+    EvalConfig,
+    PruneConfig,
+    QuantConfig,
+    ThreatModel,
+    TrainConfig,
+    TrialParams,
+)
 from searchprune.data import make_splits
 from searchprune.trial import TrialContext, run_trial
 from searchprune.utils import get_device, set_cpu_threads

@@ -7,7 +7,15 @@ The public surface is small; everything else lives in the submodules::
 
 from __future__ import annotations
 
-from .config import PruneConfig, QuantConfig, StudyConfig, ThreatModel, TrainConfig, TrialParams, load_study_config
+from .config import (
+    PruneConfig,
+    QuantConfig,
+    StudyConfig,
+    ThreatModel,
+    TrainConfig,
+    TrialParams,
+    load_study_config,
+)
 from .utils import ConfigError
 
 __version__ = "0.1.0"

@@ -29,7 +29,8 @@ from .utils import ConfigError
 __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
     "EvalConfig", "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults",
-    "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml", "strip_tag", "build", "to_dict", "load_study_config", "trial_params_from_flat",
+    "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml",
+    "strip_tag", "build", "to_dict", "load_study_config", "trial_params_from_flat",
 ]
 
 

@@ -230,7 +230,8 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
     metadata = {
         "study": study.study_name, "trial": trial.number, "rule": str(rule) if rule else None,
         "params": trial.params, "seed": ua.get("seed"), "values": trial.values,
-        "metric_names": study.metric_names, "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
+        "metric_names": study.metric_names,
+        "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
         "verification": checks, "test_metrics": test_metrics,
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
@@ -273,5 +274,6 @@ def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tup
     atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
     res = evaluate(model, BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev), threat,
                    attacks=atk)
-    measured = {"clean_acc": res.clean, "worst_acc": res.worst, "n": res.n, **{f"acc_{k}": v for k, v in res.robust.items()}}
+    measured = {"clean_acc": res.clean, "worst_acc": res.worst, "n": res.n,
+                **{f"acc_{k}": v for k, v in res.robust.items()}}
     return {"measured": measured, "recorded": meta.get("test_metrics", {}), "threat": meta["threat"]}

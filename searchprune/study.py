@@ -15,7 +15,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -693,8 +692,8 @@ def reference_point(study: optuna.Study) -> list[float]:
 
 def hypervolume(study: optuna.Study) -> float:
     """Hypervolume of the feasible Pareto front, costs normalized by the dense model's."""
-    from optuna._hypervolume import compute_hypervolume  # no public equivalent in Optuna 5.0
     import numpy as np
+    from optuna._hypervolume import compute_hypervolume  # no public equivalent in Optuna 5.0
 
     ref = reference_point(study)
     pts = [[-t.values[0], -t.values[1], t.values[2] / ref[2]] for t in study.best_trials]

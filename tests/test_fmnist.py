@@ -14,7 +14,8 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed: apt-get install -y dataset-fashion-mnist"),
+    pytest.mark.skipif(not FMNIST.exists(),
+                       reason="Fashion-MNIST not installed: apt-get install -y dataset-fashion-mnist"),
 ]
 
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..utils import ConfigError
-
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model, require_min_size
 
