@@ -152,9 +152,10 @@ def _stage(model: nn.Module, ctx: TrialContext) -> StageMetrics:
 
 
 def _transfer_accuracy(model: nn.Module, ctx: TrialContext) -> float:
+    batches = ctx.transfer_batches()  # crafted (once) with gradients, so outside no_grad
     correct = total = 0
     with torch.no_grad():
-        for x_adv, y in ctx.transfer_batches():
+        for x_adv, y in batches:
             correct += (model(x_adv).argmax(1) == y).sum().item()
             total += y.numel()
     return correct / max(total, 1)

@@ -108,3 +108,21 @@ def test_gate_stops_a_hopeless_trial(base):
     with pytest.raises(TrialGated, match="floor 0.99") as gated:
         run_trial(params, ctx)
     assert "clean_acc" in gated.value.metrics
+
+
+def test_transfer_examples_attack_the_dense_model(base):
+    """On the dense model itself, transfer accuracy is its own white-box PGD accuracy."""
+    ctx = _ctx(base, transfer=True)
+    r = run_trial(TrialParams(prune=PruneConfig(sparsity=0.0)), ctx)
+    assert r.transfer_acc == pytest.approx(r.pgd_acc, abs=0.02) and r.transfer_acc < r.clean_acc
+
+
+def test_attacks_work_under_no_grad(base):
+    from searchprune.attacks import apgd, fgsm, pgd
+
+    model, splits = base
+    x, y = next(iter(BatchLoader(splits.val, 32)))
+    with torch.no_grad():
+        for x_adv in (pgd(model, x, y, eps=0.1, alpha=0.02, steps=5), fgsm(model, x, y, eps=0.1),
+                      apgd(model, x, y, eps=0.1, steps=5)):
+            assert (x_adv - x).abs().max() > 0.05

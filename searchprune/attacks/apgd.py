@@ -191,6 +191,7 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return x_out, fooled, best_loss
 
 
+@torch.enable_grad()  # an attack needs input gradients even when called under no_grad
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
          steps: int = 100, restarts: int = 1, rho: float = 0.75, seed: int = 0, clamp: bool = True,
          precision: Precision = "fp32") -> torch.Tensor:

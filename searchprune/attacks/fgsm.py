@@ -28,6 +28,7 @@ from ._base import (
 __all__ = ["fgsm"]
 
 
+@torch.enable_grad()  # an attack needs input gradients even when called under no_grad
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, clamp: bool = True,
          norm: str = "linf", precision: Precision = "fp32") -> torch.Tensor:
     """One-step adversarial examples ``x + eps * sign(grad_x CE)``.

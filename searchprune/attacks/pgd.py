@@ -97,6 +97,7 @@ def _pgd_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return x_adv
 
 
+@torch.enable_grad()  # an attack needs input gradients even when called under no_grad
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float, alpha: float,
         steps: int, norm: str = "linf", random_start: bool = True, restarts: int = 1, clamp: bool = True,
         loss_fn: LossFn | None = None, y_from_model: bool = False, early_stop: bool = False,
