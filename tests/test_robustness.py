@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _toys import toy_data, toy_net
 from torch import nn
 
 from searchprune.config import ThreatModel
@@ -25,27 +25,11 @@ THREAT = ThreatModel(eps=0.1, alpha=0.025, steps=10)
 FAST = dict(apgd_steps=20, square_queries=100)  # enough on 8x8 toys; the defaults are for real models
 
 
-def _toy_data(n: int, seed: int, classes: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random-but-learnable images: a fixed random prototype per class, half prototype half noise."""
-    protos = torch.rand(classes, 1, hw, hw, generator=torch.Generator().manual_seed(123))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return (0.5 * protos[y] + 0.5 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
+_toy_data = toy_data
 
 
 def _toy_net(seed: int, classes: int = 4) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(16 * 4 * 4, classes))
-    x, y = _toy_data(512, seed=seed)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(120):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
+    return toy_net(seed, classes, dropout=None)
 
 
 class HardRound(nn.Module):

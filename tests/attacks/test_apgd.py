@@ -7,7 +7,9 @@ import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _toys import Constant as _Constant
+from _toys import Detached as _Detached
+from _toys import toy_data, toy_net
 from torch import nn
 
 from searchprune.attacks import pgd
@@ -19,46 +21,20 @@ from searchprune.utils import ConfigError
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _toy_data(n: int, seed: int, classes: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random-but-learnable images: a fixed random prototype per class, half prototype half noise."""
-    protos = torch.rand(classes, 1, hw, hw, generator=torch.Generator().manual_seed(123))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return (0.5 * protos[y] + 0.5 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
+_toy_data = toy_data
+_toy_net = toy_net
 
 
-def _toy_net(seed: int = 0, classes: int = 4) -> nn.Module:
-    """A small trained CNN (BatchNorm and Dropout make a forgotten eval() visible)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
-                        nn.Linear(16 * 4 * 4, classes))
-    x, y = _toy_data(512, seed=seed)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(120):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
-
-
-class Constant(nn.Module):
-    """Perfectly robust: the same logits for every input (the input still enters the graph)."""
+class Constant(_Constant):
+    """Perfectly robust, with class 2 on top."""
 
     def __init__(self, classes: int = 4, top: int = 2) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(torch.arange(classes, dtype=torch.float32).roll(top - classes + 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(len(x), -1) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
+        super().__init__(classes, top)
 
 
-class Detached(Constant):
-    """Constant logits that do not depend on the input at all (no graph to the input)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.detach().expand(len(x), -1).clone()
+class Detached(_Detached):
+    def __init__(self, classes: int = 4, top: int = 2) -> None:
+        super().__init__(classes, top)
 
 
 @pytest.fixture(scope="module")

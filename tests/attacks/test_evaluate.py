@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _toys import toy_data, toy_net
 from torch import nn
 
 from searchprune.attacks import (
@@ -26,26 +26,11 @@ THREAT = ThreatModel(eps=0.1, alpha=0.02, steps=8, random_start=False)
 
 
 def _toy_data(n: int, seed: int, classes: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Learnable images in [0, 1]: a fixed random prototype per class plus as much uniform noise."""
-    protos = torch.rand(classes, 1, hw, hw, generator=torch.Generator().manual_seed(7))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return (0.5 * protos[y] + 0.5 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
+    return toy_data(n, seed, classes, hw, proto_seed=7)
 
 
 def _toy_net(seed: int = 0, classes: int = 4) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(16 * 4 * 4, classes))
-    x, y = _toy_data(512, seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
+    return toy_net(seed, classes, dropout=None, lr=2e-2, steps=60, data_seed=0, proto_seed=7)
 
 
 @pytest.fixture(scope="module")

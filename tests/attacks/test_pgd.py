@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _toys import Constant, Detached, toy_data, toy_net
 from torch import nn
 
 from searchprune.attacks import fgsm, get_attack, list_attacks, pgd, project, random_start
@@ -18,45 +19,11 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _toy_data(n: int, seed: int, classes: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Learnable images in [0, 1]: a fixed random prototype per class plus as much uniform noise."""
-    protos = torch.rand(classes, 1, hw, hw, generator=torch.Generator().manual_seed(7))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return (0.5 * protos[y] + 0.5 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
+    return toy_data(n, seed, classes, hw, proto_seed=7)
 
 
 def _toy_net(classes: int = 4) -> nn.Module:
-    """A small trained CNN; BatchNorm and Dropout make a forgotten ``eval()`` visible."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
-                        nn.Linear(16 * 4 * 4, classes))
-    x, y = _toy_data(512, seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
-
-
-class Constant(nn.Module):
-    """The same logits for every input; the input still enters the graph (zero gradient)."""
-
-    def __init__(self, classes: int = 4) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(torch.arange(classes, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(len(x), -1) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
-
-
-class Detached(Constant):
-    """Constant logits with no path to the input at all."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.detach().expand(len(x), -1).clone()
+    return toy_net(0, classes, lr=2e-2, steps=60, proto_seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _toys import toy_data, toy_net
 from torch import nn
 
 from searchprune.attacks._base import get_attack
@@ -16,28 +16,8 @@ from searchprune.utils import ConfigError
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _toy_data(n: int, seed: int, classes: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random-but-learnable images: a fixed random prototype per class, half prototype half noise."""
-    protos = torch.rand(classes, 1, hw, hw, generator=torch.Generator().manual_seed(123))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return (0.5 * protos[y] + 0.5 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
-
-
-def _toy_net(seed: int = 0, classes: int = 4) -> nn.Module:
-    """A small trained CNN (BatchNorm and Dropout make a forgotten eval() visible)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
-                        nn.Linear(16 * 4 * 4, classes))
-    x, y = _toy_data(512, seed=seed)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(120):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
+_toy_data = toy_data
+_toy_net = toy_net
 
 
 class _NoBackward(torch.autograd.Function):
