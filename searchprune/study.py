@@ -552,22 +552,35 @@ def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], 
 
 
 def _worker(name: str, storage: str, n_trials: int, target: int, device: str | None, threads: int | None,
-            timeout: float | None, artifact_dir: str | None, quiet: bool, worker: int = 0) -> None:
+            timeout: float | None, artifact_dir: str | None, quiet: bool, worker: int = 0,
+            progress_bar: bool = False) -> None:
     """One worker: builds its own context and runs ``n_trials`` trials of the shared study."""
     set_cpu_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, cfg = load_study(name, storage, worker=worker)
     ctx = build_context(cfg, device=device, progress=not quiet)
     art = artifact_dir or study.user_attrs.get("artifact_dir")
-    objective = Objective(cfg, ctx, artifact_dir=art, storage=study._storage)
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
-                   callbacks=[_stop_at(target)], gc_after_trial=True)
+    # One bar per machine: Optuna's own progress bar, with the per-trial lines written above it.
+    bar = progress_bar and n_trials > 0
+    if bar:
+        from tqdm import tqdm
+
+        log: Callable[[str], None] = tqdm.write
+    else:
+        log = print
+    objective = Objective(cfg, ctx, artifact_dir=art, storage=study._storage, log=log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # show_progress_bar
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
+                       callbacks=[_stop_at(target)], gc_after_trial=True, show_progress_bar=bar)
 
 
 def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: int = 1,
              device: str | None = None, timeout: float | None = None, artifact_dir: str | None = None,
-             quiet: bool = False) -> optuna.Study:
+             quiet: bool = False, progress: bool = True) -> optuna.Study:
     """Runs the study until it has ``n_trials`` finished trials (resuming where it stopped).
+
+    With one worker on a terminal, a progress bar counts the trials (``progress=False`` hides it).
 
     With ``workers > 1`` each worker is a separate process sharing the storage, pinned to its own
     GPU when several exist; the remaining trials are split exactly between them. Workers on other
@@ -587,7 +600,8 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     print(f"optimizing {name!r}: {remaining} trial(s) to reach {target}, {workers} worker(s), storage {storage}",
           flush=True)
     if workers == 1:
-        _worker(name, storage, remaining, target, device, None, timeout, artifact_dir, quiet)
+        _worker(name, storage, remaining, target, device, None, timeout, artifact_dir, quiet,
+                progress_bar=progress and sys.stderr.isatty())
     else:
         devices = _worker_devices(device, workers)
         threads = max(1, (os.cpu_count() or 1) // workers)

@@ -171,7 +171,9 @@ def test_gate_prunes_with_reason(tmp_path, base):
                             space={"prune.sparsity": {"low": 0.3, "high": 0.9}},
                             defaults={"prune": {"method": "magnitude", "sparsity": 0.5},
                                       "finetune": {"recipe": "fast", "epochs": 1, "lr": 0.02}},
-                            gate={"enabled": True, "epochs": 0.25, "min_pgd_acc": 0.99})
+                            gate={"enabled": True, "epochs": 0.25, "min_pgd_acc": 0.99},
+                            # a strong attack, so no model can reach the 0.99 floor
+                            threat={"eps": 0.3, "alpha": 0.1, "steps": 3, "random_start": False})
     create_study(cfg, storage=_url(tmp_path))
     study = optimize("gated", _url(tmp_path), quiet=True)
     trials = study.get_trials()
