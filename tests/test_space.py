@@ -83,3 +83,14 @@ def test_tagged_parameters_give_each_method_its_own_choices():
     assert (p.prune.granularity, p.prune.allocation) == ("kernel", "global")
     with pytest.raises(ConfigError, match="tag after '@'"):
         build(StudyConfig, {"name": "s", "space": {"prune.granularity@": ["weight"]}})
+
+
+def test_mixed_precision_bits_per_layer():
+    cfg = build(StudyConfig, {"name": "s", "space": {
+        "quant.mode": ["ptq"],
+        "quant.layer_bits": {"choices": [4, 8], "per_layer": True, "when": {"quant.mode": ["ptq"]}},
+    }})
+    fixed = {"quant.mode": "ptq", "quant.layer_bits.features.0": 4, "quant.layer_bits.fc.0": 8}
+    p = suggest_params(optuna.trial.FixedTrial(fixed), cfg.space, cfg.defaults, seed=0,
+                       layer_names=["features.0", "fc.0"])
+    assert p.quant.layer_bits == {"features.0": 4, "fc.0": 8}
