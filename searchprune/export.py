@@ -173,7 +173,8 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     else:
         try:
             torch.onnx.export(model, (example,), str(out / "model.onnx"), dynamo=False,
-                              input_names=["input"], output_names=["logits"])
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
             written["onnx"] = "model.onnx"
         except Exception as e:  # noqa: BLE001
             written["onnx"] = f"failed: {type(e).__name__}: {e}"

@@ -78,6 +78,10 @@ def test_create_optimize_pareto_export_eval(tmp_path, capsys):
     else:
         plain = torch.jit.load(str(export / "model_plain.ts"))
     torch.testing.assert_close(plain(x), model(x))
+    onnx = pytest.importorskip("onnx", reason="the onnx package is not installed")
+    proto = onnx.load(str(export / "model.onnx"))
+    onnx.checker.check_model(proto)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # any batch size
 
 
 def test_user_errors_print_one_line(tmp_path, capsys):
