@@ -559,7 +559,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):

@@ -128,7 +128,11 @@ def select_trial(study: optuna.Study, rule: Rule) -> optuna.trial.FrozenTrial:
                 ok.append(t)
     if not ok:
         raise ConfigError(f"rule {str(rule)!r}: none of the {len(pareto)} Pareto trials satisfies the conditions")
-    key = lambda t: trial_metric(t, rule.metric, names)  # noqa: E731
+    def key(t: optuna.trial.FrozenTrial) -> float:
+        value = trial_metric(t, rule.metric, names)
+        assert value is not None  # trials without the metric were filtered out above
+        return value
+
     return max(ok, key=key) if rule.sense == "max" else min(ok, key=key)
 
 

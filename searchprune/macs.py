@@ -164,8 +164,10 @@ def count_params(model: nn.Module, *, nonzero: bool = True) -> int:
     with torch.no_grad():
         for module in model.modules():
             if parametrize.is_parametrized(module):
-                skip.update(id(p) for p in module.parametrizations.parameters())
-                effective.extend(getattr(module, name) for name in module.parametrizations)
+                params = module.parametrizations
+                assert isinstance(params, nn.ModuleDict)
+                skip.update(id(p) for p in params.parameters())
+                effective.extend(getattr(module, name) for name in params)
         tensors = effective + [p for p in model.parameters() if id(p) not in skip]
         if nonzero:
             return sum(int(torch.count_nonzero(t)) for t in tensors)

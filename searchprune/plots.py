@@ -18,6 +18,7 @@ same trials are highlighted in every view.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,8 +65,7 @@ def figures(study: optuna.Study) -> Figures:
 
         out[f"pareto_{names[i]}_vs_{names[j]}"] = (  # x vs y
             vis.plot_pareto_front(study, target_names=pair, targets=targets),
-            lambda targets=targets, pair=pair: mpl.plot_pareto_front(
-                study, target_names=pair, targets=targets),
+            functools.partial(mpl.plot_pareto_front, study, target_names=pair, targets=targets),
         )
     ref = reference_point(study)
     out["hypervolume_history"] = (vis.plot_hypervolume_history(study, reference_point=ref),
@@ -84,8 +84,8 @@ def figures(study: optuna.Study) -> Figures:
             except (RuntimeError, ValueError, ZeroDivisionError) as e:  # too few or constant params
                 warnings.warn(f"param importances for {n} skipped: {e}", stacklevel=2)
                 continue
-            out[f"importance_{n}"] = (fig, lambda target=target, n=n: _importances(
-                mpl.plot_param_importances, study, target, n))
+            out[f"importance_{n}"] = (fig, functools.partial(_importances, mpl.plot_param_importances, study,
+                                                              target, n))
     return out
 
 

@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 OBJECTIVE_NAMES = {"macs": ["clean_acc", "robust_acc", "macs"], "bitops": ["clean_acc", "robust_acc", "bitops"]}
-DIRECTIONS = ["maximize", "maximize", "minimize"]
+DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "maximize", "minimize"]
 CONFIG_ATTR = "searchprune_config"
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 

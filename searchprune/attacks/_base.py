@@ -262,7 +262,7 @@ class EvalResult:
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
-    ref = next(iter(model.parameters()), None)
+    ref: torch.Tensor | None = next(iter(model.parameters()), None)
     if ref is None:
         ref = next(iter(model.buffers()), None)
     return None if ref is None else ref.device

@@ -19,6 +19,7 @@ does not, because training and pruning criteria want the last iterate.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -151,8 +152,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
         if y_from_model:
             y = predict(model, x)  # fp32: the labels the model really predicts
         assert y is not None
-        kw = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, random_init=random_start, clamp=clamp,
-                  loss_fn=loss_fn, early_stop=early_stop, precision=precision)
+        kw: dict[str, Any] = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, random_init=random_start,
+                                  clamp=clamp, loss_fn=loss_fn, early_stop=early_stop, precision=precision)
         if restarts == 1 or not random_start:  # without a random start every restart is identical
             return _pgd_once(model, x, y, **kw).contiguous()
 

@@ -73,7 +73,8 @@ class EightLayerConv(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.Conv2d | nn.Linear):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         elif init != "torch_default":
             raise ConfigError(f"cnn8 init {init!r}: expected 'kaiming' or 'torch_default'")
 
