@@ -118,15 +118,17 @@ def cmd_study_dashboard(a: argparse.Namespace) -> int:
     from .study import load_study, make_storage, resolve_storage
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
-    study, _ = load_study(name, storage)
+    study, _ = load_study(name, storage)  # fails clearly when the study does not exist
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
     art = a.artifacts or study.user_attrs.get("artifact_dir")
     store = FileSystemArtifactStore(art) if art and Path(art).is_dir() else None
-    print(f"optuna-dashboard for {name!r}: http://{a.host}:{a.port}/dashboard/studies/{study._study_id}", flush=True)
+    store_obj = make_storage(storage)
+    study_id = store_obj.get_study_id_from_name(name)
+    print(f"optuna-dashboard for {name!r}: http://{a.host}:{a.port}/dashboard/studies/{study_id}", flush=True)
     print("(Ctrl-C to stop)", flush=True)
-    run_server(make_storage(storage), host=a.host, port=a.port, artifact_store=store)
+    run_server(store_obj, host=a.host, port=a.port, artifact_store=store)
     return 0
 
 

@@ -451,9 +451,9 @@ def prunable_layer_names(cfg: StudyConfig, ctx: Any) -> list[str]:
 class Objective:
     """``optuna`` objective: suggest params, run the Optuna-free core, store what it measured."""
 
-    def __init__(self, cfg: StudyConfig, ctx: Any, *, artifact_dir: str | None, storage: Any,
+    def __init__(self, cfg: StudyConfig, ctx: Any, *, artifact_dir: str | None,
                  log: Callable[[str], None] = print) -> None:
-        self.cfg, self.ctx, self.storage, self.log = cfg, ctx, storage, log
+        self.cfg, self.ctx, self.log = cfg, ctx, log
         self.store = FileSystemArtifactStore(artifact_dir) if artifact_dir else None
         if artifact_dir:
             Path(artifact_dir).mkdir(parents=True, exist_ok=True)
@@ -568,7 +568,7 @@ def _worker(name: str, storage: str, n_trials: int, target: int, device: str | N
         log: Callable[[str], None] = tqdm.write
     else:
         log = print
-    objective = Objective(cfg, ctx, artifact_dir=art, storage=study._storage, log=log)
+    objective = Objective(cfg, ctx, artifact_dir=art, log=log)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # show_progress_bar
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
