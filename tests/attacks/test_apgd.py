@@ -128,31 +128,6 @@ def test_misclassified_inputs_are_returned_unchanged(net, test_set) -> None:
     assert torch.equal(x_adv, x)
 
 
-def test_deterministic_by_seed(net, test_set) -> None:
-    x, y = test_set
-    a = apgd(net, x, y, eps=0.05, steps=10, seed=3)
-    b = apgd(net, x, y, eps=0.05, steps=10, seed=3)
-    c = apgd(net, x, y, eps=0.05, steps=10, seed=4)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-
-
-def test_global_rng_untouched(net, test_set) -> None:
-    x, y = test_set
-    state = torch.get_rng_state()
-    apgd(net, x, y, eps=0.05, steps=3)
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_modes_restored_and_no_parameter_grads(test_set) -> None:
-    model = _toy_net(0).train()
-    model[1].eval()  # a deliberately frozen BatchNorm must stay frozen
-    x, y = test_set
-    apgd(model, x, y, eps=0.05, steps=5)
-    assert model.training and model[0].training and not model[1].training
-    assert all(p.grad is None for p in model.parameters())
-
-
 @pytest.mark.parametrize("norm,eps,alpha", [("linf", 0.05, 0.0125), ("l2", 0.6, 0.15)])
 def test_at_least_as_strong_as_pgd_with_the_same_steps(net, test_set, norm, eps, alpha) -> None:
     x, y = test_set

@@ -152,31 +152,6 @@ def test_misclassified_inputs_are_returned_unchanged(net, test_set) -> None:
     assert torch.equal(square(net, x, (y + 1) % 4, eps=0.1, queries=10), x)
 
 
-def test_deterministic_by_seed(net, test_set) -> None:
-    x, y = test_set
-    a = square(net, x, y, eps=0.05, queries=30, seed=5)
-    b = square(net, x, y, eps=0.05, queries=30, seed=5)
-    c = square(net, x, y, eps=0.05, queries=30, seed=6)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-
-
-def test_global_rng_untouched(net, test_set) -> None:
-    x, y = test_set
-    state = torch.get_rng_state()
-    square(net, x, y, eps=0.05, queries=5)
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_modes_restored_and_no_parameter_grads(test_set) -> None:
-    model = _toy_net(0).train()
-    model[1].eval()
-    x, y = test_set
-    square(model, x, y, eps=0.05, queries=5)
-    assert model.training and model[0].training and not model[1].training
-    assert all(p.grad is None for p in model.parameters())
-
-
 def test_registered_with_the_threat_signature(net, test_set) -> None:
     x, y = test_set
     fn = get_attack("square")
