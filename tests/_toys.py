@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["toy_data", "toy_net", "Constant", "Detached"]
+__all__ = ["toy_data", "toy_net", "accuracy", "Constant", "Detached"]
 
 
 def toy_data(n: int, seed: int, classes: int = 4, hw: int = 8, *,
@@ -43,6 +43,12 @@ def toy_net(seed: int = 0, classes: int = 4, *, dropout: float | None = 0.2, lr:
         opt.step()
     net.zero_grad(set_to_none=True)
     return net.eval()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, without gradients."""
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
 class Constant(nn.Module):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _toys import Constant as _Constant
 from _toys import Detached as _Detached
+from _toys import accuracy as _acc
 from _toys import toy_data, toy_net
 from torch import nn
 
@@ -45,11 +46,6 @@ def net() -> nn.Module:
 @pytest.fixture(scope="module")
 def test_set() -> tuple[torch.Tensor, torch.Tensor]:
     return _toy_data(256, seed=1)
-
-
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
 def test_checkpoints_match_the_paper() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _toys import Constant as _Constant
+from _toys import accuracy as _acc
 from _toys import toy_data, toy_net
 from torch import nn
 
@@ -45,15 +47,11 @@ class Guarded(nn.Module):
         return _NoBackward.apply(self.inner(x))
 
 
-class Constant(nn.Module):
-    """Perfectly robust: the same logits for every input."""
+class Constant(_Constant):
+    """Perfectly robust, with class 2 on top."""
 
     def __init__(self, classes: int = 4, top: int = 2) -> None:
-        super().__init__()
-        self.register_buffer("logits", torch.arange(classes, dtype=torch.float32).roll(top - classes + 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(len(x), -1) + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
+        super().__init__(classes, top)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +62,6 @@ def net() -> nn.Module:
 @pytest.fixture(scope="module")
 def test_set() -> tuple[torch.Tensor, torch.Tensor]:
     return _toy_data(256, seed=1)
-
-
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
 def test_p_schedule_follows_the_paper() -> None:
