@@ -176,9 +176,14 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
         written["onnx"] = "skipped: the onnx package is not installed"
     else:
         try:
-            torch.onnx.export(model, (example,), str(out / "model.onnx"), dynamo=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            # The TorchScript-based exporter: the torch.export-based one needs onnxscript, which the
+            # `onnx` extra does not pull in; its deprecation notice is not the user's business.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                        category=DeprecationWarning)
+                torch.onnx.export(model, (example,), str(out / "model.onnx"), dynamo=False,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
             written["onnx"] = "model.onnx"
         except Exception as e:  # noqa: BLE001
             written["onnx"] = f"failed: {type(e).__name__}: {e}"
