@@ -4,14 +4,14 @@ threat-model contract (ball, box, modes, no parameter gradients) and determinism
 from __future__ import annotations
 
 import importlib
+from functools import partial
 
 import pytest
 import torch
 from _toys import Constant as _Constant
 from _toys import Detached as _Detached
 from _toys import accuracy as _acc
-from _toys import toy_data, toy_net
-from torch import nn
+from _toys import toy_data
 
 from searchprune.attacks import pgd
 from searchprune.attacks._base import get_attack
@@ -22,30 +22,11 @@ from searchprune.utils import ConfigError
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-_toy_data = toy_data
-_toy_net = toy_net
 
 
-class Constant(_Constant):
-    """Perfectly robust, with class 2 on top."""
-
-    def __init__(self, classes: int = 4, top: int = 2) -> None:
-        super().__init__(classes, top)
-
-
-class Detached(_Detached):
-    def __init__(self, classes: int = 4, top: int = 2) -> None:
-        super().__init__(classes, top)
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return _toy_net(0)
-
-
-@pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    return _toy_data(256, seed=1)
+# perfectly robust models with class 2 on top; Detached has no path to the input at all
+Constant = partial(_Constant, top=2)
+Detached = partial(_Detached, top=2)
 
 
 def test_checkpoints_match_the_paper() -> None:
@@ -68,7 +49,7 @@ def test_step_size_halves_at_each_checkpoint_without_progress(monkeypatch) -> No
         return ascent(x_adv, grad, eta, norm)
 
     monkeypatch.setattr(apgd_module, "_ascent", spy)
-    x, _ = _toy_data(8, seed=0)
+    x, _ = toy_data(8, seed=0)
     model = Constant()
     y = torch.full((8,), 2)
     apgd(model, x, y, eps=0.1, steps=30)
@@ -89,11 +70,11 @@ def test_beats_a_no_op(net, test_set, norm, eps) -> None:
     assert _acc(net, apgd(net, x, y, eps=eps, norm=norm, steps=20), y) < clean - 0.3
 
 
-@pytest.mark.parametrize("model_cls", [Constant, Detached])
+@pytest.mark.parametrize("model_cls", [Constant, Detached], ids=["constant", "detached"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_never_beats_a_constant_model(model_cls, norm) -> None:
     model = model_cls()
-    x, y = _toy_data(64, seed=2)
+    x, y = toy_data(64, seed=2)
     clean = _acc(model, x, y)
     assert 0 < clean < 1
     x_adv = apgd(model, x, y, eps=0.3, norm=norm, steps=10, restarts=2)
@@ -152,7 +133,7 @@ def test_registered_with_the_threat_signature(net, test_set) -> None:
 
 
 def test_bad_arguments_raise() -> None:
-    x, y = _toy_data(4, seed=0)
+    x, y = toy_data(4, seed=0)
     with pytest.raises(ConfigError):
         apgd(Constant(), x, y, eps=0.1, norm="l1")
     with pytest.raises(ConfigError):

@@ -9,8 +9,7 @@ from functools import partial
 
 import pytest
 import torch
-from _toys import toy_data, toy_net
-from torch import nn
+from _toys import toy_net
 
 from searchprune.attacks.apgd import apgd
 from searchprune.attacks.square import square
@@ -20,16 +19,6 @@ ATTACKS: dict[str, tuple[Callable[..., torch.Tensor], dict, dict]] = {
     "apgd": (apgd, {"steps": 5}, {"steps": 10}),
     "square": (square, {"queries": 5}, {"queries": 30}),
 }
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return toy_net(0)
-
-
-@pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    return toy_data(256, seed=1)
 
 
 @pytest.mark.parametrize("name", ATTACKS)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _toys import Constant as _Constant
+from _toys import Constant, toy_data
 from _toys import accuracy as _acc
-from _toys import toy_data, toy_net
 from torch import nn
 
 from searchprune.attacks._base import get_attack
@@ -18,8 +17,6 @@ from searchprune.utils import ConfigError
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-_toy_data = toy_data
-_toy_net = toy_net
 
 
 class _NoBackward(torch.autograd.Function):
@@ -45,23 +42,6 @@ class Guarded(nn.Module):
         self.grad_enabled.append(torch.is_grad_enabled())
         self.batch_sizes.append(len(x))
         return _NoBackward.apply(self.inner(x))
-
-
-class Constant(_Constant):
-    """Perfectly robust, with class 2 on top."""
-
-    def __init__(self, classes: int = 4, top: int = 2) -> None:
-        super().__init__(classes, top)
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return _toy_net(0)
-
-
-@pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    return _toy_data(256, seed=1)
 
 
 def test_p_schedule_follows_the_paper() -> None:
@@ -93,15 +73,15 @@ def test_never_calls_backward(net, test_set) -> None:
 
 
 def test_never_beats_a_constant_model() -> None:
-    model = Constant()
-    x, y = _toy_data(64, seed=2)
+    model = Constant(top=2)
+    x, y = toy_data(64, seed=2)
     clean = _acc(model, x, y)
     assert 0 < clean < 1
     assert _acc(model, square(model, x, y, eps=0.3, queries=50), y) == clean
 
 
 def test_queries_only_examples_still_correct() -> None:
-    x, y = _toy_data(32, seed=3)
+    x, y = toy_data(32, seed=3)
     robust = Guarded(Constant(top=2))
     y_right = torch.full_like(y, 2)
     square(robust, x, y_right, eps=0.1, queries=25)

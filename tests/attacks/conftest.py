@@ -1,0 +1,19 @@
+"""Fixtures shared by the attack tests: a tiny trained CNN and a held-out set it classifies well.
+A test module that needs another setting defines its own fixture of the same name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _toys import toy_data, toy_net
+from torch import nn
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    return toy_net(0)
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    return toy_data(256, seed=1)
