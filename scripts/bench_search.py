@@ -11,9 +11,9 @@ use the same per-trial seeds in every study. The seed recipes run once, with the
 hyperparameters (e.g. HYDRA's 20 score epochs), in a study of their own.
 
 Throughput uses ``studies/fmnist_quick.yaml`` with only the sparsity searched (every trial does the
-same work) and three
-settings on the same machine: one worker on all cores, one worker on one thread, and two workers
-on one thread each. "Two workers vs one" is reported against both single-worker settings.
+same work) in three settings on the same machine: one worker on all cores, one worker on half of
+them, and two workers on half of them each. "Two workers vs one" is reported against both
+single-worker settings, with the machine's own limit (two bare training processes vs one) beside.
 
 Hypervolume: of the feasible Pareto front in (clean acc, PGD acc, MACs / dense MACs), reference
 point (0, 0, 1), the same as ``searchprune study show``.
@@ -191,15 +191,17 @@ def hardware_ceiling(checkpoint: Path, steps: int = 150) -> dict[str, Any]:
 # settings then differ only in how the trials are run, not in which trials the sampler proposes.
 THROUGHPUT_SPACE = {"prune.sparsity": {"low": 0.5, "high": 0.9}}
 
-THROUGHPUT_SETTINGS = (  # (label, workers, threads per worker; None = all cores)
-    ("1 worker, all cores", 1, None),
-    ("1 worker, 1 thread", 1, 1),
-    ("2 workers, 1 thread each", 2, 1),
-)
+def throughput_settings() -> list[tuple[str, int, int]]:
+    """(label, workers, threads per worker): one worker on all cores, one worker on the share of
+    the cores each of two workers gets (``optimize`` gives each ``cores // workers``), two workers."""
+    cores = os.cpu_count() or 1
+    half = max(1, cores // 2)
+    return [(f"1 worker, {cores} threads", 1, cores), (f"1 worker, {half} thread(s)", 1, half),
+            (f"2 workers, {half} thread(s) each", 2, half)]
 
 
 def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Trials per hour of worker processes sharing a PostgreSQL study (``THROUGHPUT_SETTINGS``)."""
+    """Trials per hour of worker processes sharing a PostgreSQL study (``throughput_settings``)."""
     if args.no_pg:
         return {"skipped": "--no-pg"}
     sys.path.insert(0, str(ROOT / "tests"))
@@ -210,14 +212,14 @@ def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> di
     def measure(url: str) -> dict[str, Any]:
         res: dict[str, Any] = {"storage": url.split("@")[-1], "trials": args.throughput_trials,
                                "cpu_count": os.cpu_count(), "settings": []}
-        for i, (label, workers, threads) in enumerate(THROUGHPUT_SETTINGS):
+        for i, (label, workers, threads) in enumerate(throughput_settings()):
             stamp = f"_{int(time.time())}" if args.pg_url else ""  # a long-lived server keeps old studies
             cfg = bench_config(base_cfg, name=f"throughput_{i}{stamp}", out=out, quick=args.quick,
                                n_trials=args.throughput_trials, sampler={"name": "tpe", "seed": 0},
                                pgd_steps=args.pgd_steps, space=THROUGHPUT_SPACE)
             # one worker runs in this process and takes its threads from $SEARCHPRUNE_THREADS;
             # several workers get cores // workers threads each from `optimize`
-            if threads is not None and workers == 1:
+            if workers == 1:
                 os.environ["SEARCHPRUNE_THREADS"] = str(threads)
             try:
                 study, wall = run_study(cfg, url, workers=workers)
@@ -233,7 +235,7 @@ def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> di
                      if t.datetime_start is not None and t.datetime_complete is not None]
             span = (max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds()
             trial_s = [(e - s).total_seconds() for s, e in spans]
-            row = {"label": label, "workers": workers, "threads": threads or os.cpu_count(),
+            row = {"label": label, "workers": workers, "threads": threads,
                    "wall_s": round(wall, 1), "finished": n, "trials_per_hour": round(n / wall * 3600, 1),
                    "steady_s": round(span, 1), "steady_trials_per_hour": round(n / max(span, 1e-9) * 3600, 1),
                    "mean_trial_s": round(statistics.mean(trial_s), 1) if trial_s else None}
