@@ -47,8 +47,8 @@ from searchprune.attacks import apgd, get_attack, pgd, square  # noqa: E402
 from searchprune.attacks._base import conv_layout  # noqa: E402
 from searchprune.config import ThreatModel  # noqa: E402
 from searchprune.data import ArrayDataset, load_dataset, make_synthetic  # noqa: E402
+from searchprune.errors import ConfigError  # noqa: E402
 from searchprune.models import create_model  # noqa: E402
-from searchprune.utils import ConfigError  # noqa: E402
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

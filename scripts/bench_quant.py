@@ -27,9 +27,9 @@ from torch.nn.utils import parametrize
 
 from searchprune.config import QuantConfig
 from searchprune.data import ArrayDataset, BatchLoader, load_dataset, make_synthetic
+from searchprune.errors import ConfigError
 from searchprune.models import create_model
 from searchprune.quantize import quantize_, to_int8
-from searchprune.utils import ConfigError
 
 MODELS = {  # name -> (preferred dataset, fallback input shape)
     "cnn8": ("fashion-mnist", (1, 28, 28)),

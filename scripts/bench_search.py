@@ -207,7 +207,7 @@ def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> di
     sys.path.insert(0, str(ROOT / "tests"))
     from _pg import PostgresUnavailable, postgres_server
 
-    from searchprune.utils import set_cpu_threads
+    from searchprune._torch import set_cpu_threads
 
     def measure(url: str) -> dict[str, Any]:
         res: dict[str, Any] = {"storage": url.split("@")[-1], "trials": args.throughput_trials,
@@ -491,8 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = load_study_config(args.config)
     # The base model exactly as fmnist_quick trains it (full recipe and data), shared with that study.
+    from searchprune._torch import get_device
     from searchprune.data import make_splits
-    from searchprune.utils import get_device
 
     model = {**to_dict(base_cfg.model), "checkpoint": str(_base_path(base_cfg))}
     ensure_base_model(build(StudyConfig, {**to_dict(base_cfg), "model": model}), make_splits(base_cfg.data),

@@ -21,6 +21,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from searchprune._torch import get_device, set_cpu_threads
 from searchprune.checkpoint import load_checkpoint
 from searchprune.config import (
     DataConfig,
@@ -33,7 +34,6 @@ from searchprune.config import (
 )
 from searchprune.data import make_splits
 from searchprune.trial import TrialContext, run_trial
-from searchprune.utils import get_device, set_cpu_threads
 
 # The paper's numbers (seed 001, Table 2/3), clean / PGD in %.
 PAPER = {

@@ -16,7 +16,7 @@ from .config import (
     TrialParams,
     load_study_config,
 )
-from .utils import ConfigError
+from .errors import ConfigError
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .utils import ConfigError
+from .errors import ConfigError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "materialize", "versions", "rebuild_model"]
 

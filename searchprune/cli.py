@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .utils import ConfigError
+from .errors import ConfigError
 
 __all__ = ["main"]
 
@@ -148,13 +148,13 @@ def cmd_study_plots(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from ._torch import get_device, seed_everything, set_cpu_threads
     from .attacks import evaluate
     from .checkpoint import save_checkpoint
     from .config import TrainRunConfig, build, load_yaml, to_dict
     from .data import BatchLoader, make_splits
     from .models import build_model
     from .train import train_
-    from .utils import get_device, seed_everything, set_cpu_threads
 
     set_cpu_threads()
     cfg: TrainRunConfig = build(TrainRunConfig, load_yaml(a.config))

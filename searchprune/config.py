@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .utils import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",

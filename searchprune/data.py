@@ -40,8 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._registry import Registry
 from .config import DataConfig
-from .utils import ConfigError, Registry
+from .errors import ConfigError
 
 __all__ = [
     "DatasetInfo", "ArrayDataset", "Splits", "BatchLoader", "list_datasets", "load_dataset",

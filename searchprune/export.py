@@ -41,7 +41,7 @@ from typing import Any
 import optuna
 import torch
 
-from .utils import ConfigError
+from .errors import ConfigError
 
 __all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
 
@@ -197,12 +197,12 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
     Raises:
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
     """
+    from ._torch import get_device, seed_everything
     from .attacks import evaluate
     from .checkpoint import load_checkpoint, versions
     from .config import build, to_dict
     from .data import BatchLoader, make_splits
     from .study import CONFIG_ATTR, StudyConfig
-    from .utils import get_device, seed_everything
 
     cfg = build(StudyConfig, study.user_attrs[CONFIG_ATTR])
     if trial.state != optuna.trial.TrialState.COMPLETE:
@@ -264,10 +264,10 @@ def load(path: str | Path) -> torch.nn.Module:
 def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
                     data_dir: str | None = None) -> dict[str, Any]:
     """Re-measures an export directory on its test split; returns measured and recorded metrics."""
+    from ._torch import get_device
     from .attacks import evaluate
     from .config import DataConfig, ThreatModel, build
     from .data import BatchLoader, make_splits
-    from .utils import get_device
 
     p = Path(path)
     meta_path = p / "metadata.json"

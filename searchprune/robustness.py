@@ -63,7 +63,7 @@ from .attacks.apgd import apgd
 from .attacks.square import square
 from .attacks.transfer import transfer_examples
 from .config import ThreatModel
-from .utils import ConfigError
+from .errors import ConfigError
 
 __all__ = ["MaskingReport", "masking_checks", "masking_flags", "zero_grad_fraction", "FLAG_NAMES"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 
 from .config import ParamSpec, TrialDefaults, TrialParams, trial_params_from_flat
-from .utils import ConfigError
+from .errors import ConfigError
 
 __all__ = ["suggest", "suggest_params", "replay_params", "validate_space"]
 

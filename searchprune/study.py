@@ -26,9 +26,11 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
+from ._registry import Registry
+from ._torch import get_device, set_cpu_threads
 from .config import StudyConfig, TrialDefaults, build, strip_tag, to_dict
+from .errors import ConfigError
 from .space import suggest_params, validate_space
-from .utils import ConfigError, Registry, get_device, set_cpu_threads
 
 __all__ = [
     "OBJECTIVE_NAMES", "make_storage", "make_sampler", "create_study", "load_study", "optimize",
@@ -384,12 +386,12 @@ def model_record(cfg: StudyConfig, info: Any) -> dict[str, Any]:
 
 def ensure_base_model(cfg: StudyConfig, splits: Any, device: Any, *, progress: bool = True) -> tuple[Any, dict]:
     """Loads the base checkpoint, or trains and saves it when missing and ``model.train`` is set."""
+    from ._torch import seed_everything
     from .attacks import evaluate
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import BatchLoader, make_splits
     from .models import build_model
     from .train import train_
-    from .utils import seed_everything
 
     path = base_checkpoint_path(cfg)
     record = model_record(cfg, splits.info)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._registry import Registry
+from ._torch import seed_everything
 from .attacks._base import (
     Precision,
     ascent_step,
@@ -40,7 +42,7 @@ from .attacks._base import (
 )
 from .attacks.pgd import pgd
 from .config import ThreatModel, TrainConfig
-from .utils import ConfigError, Registry, seed_everything
+from .errors import ConfigError
 
 __all__ = ["RecipeContext", "RecipeFn", "list_recipes", "register_recipe", "scheduled_lr", "train_"]
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._torch import seed_everything
 from .attacks import evaluate, transfer_examples
 from .checkpoint import save_checkpoint
 from .config import EvalConfig, GateConfig, ThreatModel, TrialParams, to_dict
@@ -32,7 +33,6 @@ from .prune import prune_
 from .quantize import count_bitops, model_size_bytes, quantize_
 from .robustness import masking_checks
 from .train import train_
-from .utils import seed_everything
 
 __all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics"]
 

@@ -5,10 +5,10 @@ import torch
 
 from searchprune.checkpoint import load_checkpoint, materialize, save_checkpoint
 from searchprune.config import PruneConfig, QuantConfig, to_dict
+from searchprune.errors import ConfigError
 from searchprune.models import create_model
 from searchprune.prune import prune_
 from searchprune.quantize import quantize_
-from searchprune.utils import ConfigError
 
 META = {"model": {"arch": "cnn8", "factory": None, "kwargs": {}},
         "dataset": {"name": "synthetic", "num_classes": 10, "in_channels": 1, "image_size": [28, 28],

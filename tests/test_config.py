@@ -13,7 +13,7 @@ from searchprune.config import (
     to_dict,
     trial_params_from_flat,
 )
-from searchprune.utils import ConfigError
+from searchprune.errors import ConfigError
 
 
 @pytest.mark.parametrize(

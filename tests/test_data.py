@@ -25,7 +25,7 @@ from searchprune.data import (
     make_splits,
     make_synthetic,
 )
-from searchprune.utils import ConfigError
+from searchprune.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # helpers: tiny files in the real formats

@@ -4,8 +4,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
+from searchprune.errors import ConfigError
 from searchprune.export import Rule, parse_rule, select_trial
-from searchprune.utils import ConfigError
 
 
 def test_parse_rule():

@@ -14,9 +14,9 @@ from torch import nn
 
 from searchprune.config import ModelConfig
 from searchprune.data import DatasetInfo
+from searchprune.errors import ConfigError
 from searchprune.models import Normalize, build_model, create_model, list_models, register_model
 from searchprune.models._registry import MODELS
-from searchprune.utils import ConfigError
 
 ALL = list_models()
 # the smallest size each model's down-sampling accepts keeps the big models cheap on CPU

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import QuantConfig
+from searchprune.errors import ConfigError
 from searchprune.quantize import (
     ActFakeQuant,
     WeightFakeQuant,
@@ -27,7 +28,6 @@ from searchprune.quantize import (
     to_int8,
 )
 from searchprune.quantize._fake import act_qrange, weight_qrange
-from searchprune.utils import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: a learnable 4-class problem (a fixed random template per class + noise) and nets

@@ -12,6 +12,7 @@ from _toys import toy_data, toy_net
 from torch import nn
 
 from searchprune.config import ThreatModel
+from searchprune.errors import ConfigError
 from searchprune.robustness import (
     FLAG_NAMES,
     MaskingReport,
@@ -19,7 +20,6 @@ from searchprune.robustness import (
     masking_flags,
     zero_grad_fraction,
 )
-from searchprune.utils import ConfigError
 
 THREAT = ThreatModel(eps=0.1, alpha=0.025, steps=10)
 FAST = dict(apgd_steps=20, square_queries=100)  # enough on 8x8 toys; the defaults are for real models

@@ -4,8 +4,8 @@ import optuna
 import pytest
 
 from searchprune.config import StudyConfig, build
+from searchprune.errors import ConfigError
 from searchprune.space import replay_params, suggest, suggest_params, validate_space
-from searchprune.utils import ConfigError
 
 SPACE = {
     "prune.method": ["magnitude", "gap"],

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from searchprune.cli import main
 from searchprune.config import StudyConfig, build, to_dict
+from searchprune.errors import ConfigError
 from searchprune.study import (
     OBJECTIVE_NAMES,
     _finished,
@@ -27,7 +28,6 @@ from searchprune.study import (
     pareto_rows,
     study_summary,
 )
-from searchprune.utils import ConfigError
 
 SAMPLERS = {
     # options make the model-based part run within 3 trials (not only the random start-up)

@@ -11,8 +11,8 @@ from torch import nn
 
 from searchprune.attacks import accuracy, robust_accuracy
 from searchprune.config import ThreatModel, TrainConfig
+from searchprune.errors import ConfigError
 from searchprune.train import RECIPES, RecipeContext, list_recipes, register_recipe, scheduled_lr, train_
-from searchprune.utils import ConfigError
 
 THREAT = ThreatModel(eps=0.1, alpha=0.04, steps=3, random_start=True)
 

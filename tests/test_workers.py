@@ -105,9 +105,9 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch):
                             data={"dataset": "synthetic", "train_size": 512, "val_size": 128, "test_size": 64,
                                   "batch_size": 32, "eval_batch_size": 128})
     create_study(cfg, storage=storage)
+    from searchprune._torch import get_device
     from searchprune.data import make_splits
     from searchprune.study import ensure_base_model
-    from searchprune.utils import get_device
 
     # trained here, so the worker starts its first trial at once
     ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)

@@ -20,8 +20,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..config import ThreatModel
-from ..utils import ConfigError, Registry
+from ..errors import ConfigError
 
 __all__ = [
     "ATTACKS", "AttackFn", "EvalResult", "Precision", "register_attack", "list_attacks", "get_attack",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ThreatModel
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import (
     Precision,
     _check_norm,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import ThreatModel
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import (
     Precision,
     autocast,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Normalize"]
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
 
+from .._registry import Registry
 from ..config import ModelConfig
-from ..utils import ConfigError, Registry
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..data import DatasetInfo

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import count_params, effective_weight
 
 if TYPE_CHECKING:

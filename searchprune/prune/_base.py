@@ -82,7 +82,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..utils import ConfigError, Registry
+from .._registry import Registry
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config import PruneConfig, ThreatModel, TrainConfig

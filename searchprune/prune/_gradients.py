@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import PruneContext, weight_param
 
 __all__ = ["module_mode", "frozen_bn_stats", "weight_grads", "adversarial_batch", "check_positive_int"]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import PruneContext, PruningMethod, effective_weight, register_method
 from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import (
     MaskParametrization,
     PruneContext,

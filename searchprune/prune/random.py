@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
 
 __all__ = ["RandomPruning"]

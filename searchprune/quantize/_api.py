@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import QuantConfig
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._fake import ActFakeQuant, WeightFakeQuant, _RangeObserver
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..utils import ConfigError
+from ..errors import ConfigError
 from ._api import _own_class_, _parametrizations, dequantize_
 
 __all__ = ["to_int8", "fold_parametrizations_"]

@@ -17,7 +17,7 @@ from searchprune.attacks import pgd
 from searchprune.attacks._base import get_attack
 from searchprune.attacks.apgd import apgd, apgd_checkpoints
 from searchprune.config import ThreatModel
-from searchprune.utils import ConfigError
+from searchprune.errors import ConfigError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

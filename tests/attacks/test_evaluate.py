@@ -20,7 +20,7 @@ from searchprune.attacks import (
     transfer_examples,
 )
 from searchprune.config import ThreatModel
-from searchprune.utils import ConfigError
+from searchprune.errors import ConfigError
 
 THREAT = ThreatModel(eps=0.1, alpha=0.02, steps=8, random_start=False)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from searchprune.attacks import fgsm, get_attack, list_attacks, pgd, project, random_start
 from searchprune.config import ThreatModel
-from searchprune.utils import ConfigError
+from searchprune.errors import ConfigError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

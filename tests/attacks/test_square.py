@@ -12,7 +12,7 @@ from torch import nn
 from searchprune.attacks._base import get_attack
 from searchprune.attacks.square import square, square_p_schedule
 from searchprune.config import ThreatModel
-from searchprune.utils import ConfigError
+from searchprune.errors import ConfigError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
+from searchprune.errors import ConfigError
 from searchprune.prune import (
     Mask,
     PruningMethod,
@@ -30,7 +31,6 @@ from searchprune.prune import (
     register_method,
 )
 from searchprune.prune._base import METHODS, count_params, weight_param
-from searchprune.utils import ConfigError
 
 INPUT = (3, 8, 8)
 THREAT = ThreatModel(eps=0.03, alpha=0.01, steps=2)

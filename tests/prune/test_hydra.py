@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
+from searchprune.errors import ConfigError
 from searchprune.prune import Mask, prunable_layers, prune_
 from searchprune.prune._base import weight_param
 from searchprune.prune.hydra import (
@@ -25,7 +26,6 @@ from searchprune.prune.hydra import (
     scaled_score_init,
     score_parameters,
 )
-from searchprune.utils import ConfigError
 
 INPUT = (1, 8, 8)
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=2)

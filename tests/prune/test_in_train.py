@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
+from searchprune.errors import ConfigError
 from searchprune.macs import count_dense_macs, count_macs, layer_costs
 from searchprune.prune import Mask, prunable_layers, prune_
 from searchprune.prune._base import weight_param
@@ -25,7 +26,6 @@ from searchprune.prune.in_train import (
     binarize,
     remove_channels_,
 )
-from searchprune.utils import ConfigError
 
 INPUT = (1, 8, 8)
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=2)

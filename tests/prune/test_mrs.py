@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from searchprune.config import PruneConfig, ThreatModel
+from searchprune.errors import ConfigError
 from searchprune.prune.mrs import mrs_ratios, mrs_ratios_for, mrs_scores
-from searchprune.utils import ConfigError
 
 THREAT = ThreatModel(eps=0.1, alpha=0.03, steps=3)
 
