@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import pytest
 
 from searchprune.config import (
@@ -10,10 +13,13 @@ from searchprune.config import (
     TrialDefaults,
     build,
     load_study_config,
+    load_yaml,
     to_dict,
     trial_params_from_flat,
 )
 from searchprune.errors import ConfigError
+from searchprune.space import validate_space
+from searchprune.study import baseline_trials, validate_names
 
 
 @pytest.mark.parametrize(
@@ -90,12 +96,7 @@ def test_threat_model_defaults_are_adver_fine():
 
 def test_shipped_studies_load():
     """Every shipped study validates: keys, registered names, conditions, baselines."""
-    from pathlib import Path
-
-    from searchprune.space import validate_space
-    from searchprune.study import baseline_trials, validate_names
-
-    paths = sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml"))
+    paths = sorted(Path(__file__).parents[2].joinpath("studies").glob("*.yaml"))
     assert len(paths) >= 6
     for path in paths:
         cfg = load_study_config(path)
@@ -111,3 +112,40 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_study_config(bad)
+
+
+def test_duplicate_yaml_key_is_one_line_error_naming_key_and_line(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: s\nthreat:\n  eps: 0.1\n  steps: 5\n  eps: 0.2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:5: duplicate key 'eps'") as info:
+        load_yaml(dup)
+    assert "\n" not in str(info.value)
+    top = tmp_path / "top.yaml"
+    top.write_text("name: a\nn_trials: 3\nname: b\n")
+    with pytest.raises(ConfigError, match=r"top\.yaml:3: duplicate key 'name'"):
+        load_study_config(top)
+    ok = tmp_path / "ok.yaml"  # the same key in two different mappings is fine
+    ok.write_text("a: {eps: 1}\nb: {eps: 2}\n")
+    assert load_yaml(ok) == {"a": {"eps": 1}, "b": {"eps": 2}}
+
+
+def _parse_csv(raw, path):
+    if not isinstance(raw, str):
+        raise ConfigError(f"{path}: expected a comma-separated string, got {raw!r}")
+    return tuple(raw.split(","))
+
+
+@dataclass(frozen=True)
+class _WithParser:
+    names: tuple[str, ...] = field(default=(), metadata={"parse": _parse_csv})
+    n: int = 0
+
+
+def test_build_uses_a_fields_own_parser_with_its_path():
+    assert build(_WithParser, {"names": "a,b", "n": 2}) == _WithParser(names=("a", "b"), n=2)
+    with pytest.raises(ConfigError, match=r"outer\.names: expected a comma-separated string, got 3"):
+        build(_WithParser, {"names": 3}, "outer")
+    with pytest.raises(ConfigError, match=r"space\.prune\.x@: a tag after '@'"):
+        build(StudyConfig, {"name": "s", "space": {"prune.x@": [1]}})
+    with pytest.raises(ConfigError, match="space: expected a mapping of parameter -> spec"):
+        build(StudyConfig, {"name": "s", "space": [1]})

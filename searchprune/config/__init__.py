@@ -1,0 +1,46 @@
+"""Frozen, validated config objects: the boundary between YAML / CLI input and the library.
+
+Every section of a study YAML maps to one dataclass here. ``build(cls, mapping, path)`` turns a
+plain mapping into the dataclass, rejecting unknown keys and wrong types with the key's path in
+the message (``space.prune.sparsity.low: expected a number, got 'high'``). Range checks live in each
+class's ``__post_init__``. Names of registered things (methods, recipes, attacks, models) are
+checked against their registries by ``validate_names`` once torch is importable.
+
+Layout: :mod:`.core` (library configs and ``TrialParams``), :mod:`.study` (study configs),
+:mod:`._build` (the generic builder and YAML reading). No torch here: this package is imported by
+the CLI before anything heavy.
+
+Units: ``eps``/``alpha`` are on the [0, 1] pixel scale; ``macs`` are multiply-adds.
+"""
+
+from __future__ import annotations
+
+from ._build import build, load_yaml, to_dict
+from ._flat import strip_tag, trial_params_from_flat
+from .core import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PruneConfig,
+    QuantConfig,
+    ThreatModel,
+    TrainConfig,
+    TrialParams,
+)
+from .study import (
+    ConstraintConfig,
+    GateConfig,
+    ParamSpec,
+    SamplerConfig,
+    StudyConfig,
+    TrainRunConfig,
+    TrialDefaults,
+    load_study_config,
+)
+
+__all__ = [
+    "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
+    "EvalConfig", "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults",
+    "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml",
+    "strip_tag", "build", "to_dict", "load_study_config", "trial_params_from_flat",
+]

@@ -1,0 +1,220 @@
+"""Study configs: the search space, sampler, gate, constraints and the whole :class:`StudyConfig`,
+plus ``searchprune train --config``'s :class:`TrainRunConfig`. No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError
+from ._build import _check, _frozen_map, build, load_yaml
+from .core import DataConfig, EvalConfig, ModelConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig
+
+__all__ = [
+    "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults", "StudyConfig", "TrainRunConfig",
+    "load_study_config",
+]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One search dimension.
+
+    YAML shorthand: a list is a categorical choice, a scalar pins the value, a mapping gives
+    ``low``/``high`` (with ``log``, ``step``, ``type``), ``choices`` or ``value``, plus ``when``.
+
+    Attributes:
+        when: conditions on other parameters, ``{name: [allowed values]}``: the parameter exists
+            only when every condition holds (a method's hyperparameter exists only when it is chosen).
+        per_layer: expand into one parameter per prunable layer of the model
+            (``prune.layer_sparsity.<layer>``): the per-layer action space of AMC-like agents.
+    """
+
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    type: Literal["float", "int", "categorical", "fixed"] | None = None
+    value: Any = None
+    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    per_layer: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "when", _frozen_map(self.when))
+        kind = self.type
+        if kind is None:
+            if self.choices is not None:
+                kind = "categorical"
+            elif self.low is not None or self.high is not None:
+                is_int = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+                is_int = is_int and (self.step is None or float(self.step).is_integer())
+                kind = "int" if is_int else "float"
+            else:
+                kind = "fixed"
+            object.__setattr__(self, "type", kind)
+        if kind == "categorical":
+            _check(bool(self.choices), "choices", "expected a non-empty list of choices")
+        elif kind in ("float", "int"):
+            _check(self.low is not None and self.high is not None, "low/high", "a range needs both low and high")
+            assert self.low is not None and self.high is not None
+            _check(self.low <= self.high, "low/high", f"expected low <= high, got {self.low} > {self.high}")
+            _check(not self.log or self.low > 0, "log", f"a log scale needs low > 0, got {self.low}")
+            _check(not (self.log and self.step), "log", "log and step cannot be combined")
+
+    @classmethod
+    def parse(cls, raw: Any, path: str) -> ParamSpec:
+        if isinstance(raw, list):
+            return cls(choices=tuple(raw))
+        if isinstance(raw, Mapping):
+            raw = dict(raw)
+            when = raw.pop("when", {}) or {}
+            if not isinstance(when, Mapping):
+                raise ConfigError(f"{path}.when: expected a mapping of parameter -> allowed values, got {when!r}")
+            when = {k: tuple(v) if isinstance(v, list | tuple) else (v,) for k, v in when.items()}
+            bounds = [raw.get("low"), raw.get("high"), raw.get("step")]
+            if "type" not in raw and "low" in raw and all(
+                isinstance(b, int) and not isinstance(b, bool) for b in bounds if b is not None
+            ):
+                raw["type"] = "int"  # YAML ints stay ints; the dataclass fields are floats
+            try:
+                return build(cls, {**raw, "when": when}, path)
+            except ConfigError as e:
+                msg = str(e)
+                raise ConfigError(msg if msg.startswith(path) else f"{path}.{msg}") from None
+        return cls(value=raw, type="fixed")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Sampler by name ("tpe", "nsga2", "nsga3", "gp", "random") with a seed and its options."""
+
+    name: str = "tpe"
+    seed: int | None = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", _frozen_map(self.options))
+        _check(self.name in ("tpe", "nsga2", "nsga3", "gp", "random"), "sampler.name",
+               f"unknown sampler {self.name!r}; expected one of: gp, nsga2, nsga3, random, tpe")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Multi-fidelity gate: after ``epochs`` of fine-tuning, prune the trial if it is below a floor.
+
+    Optuna's pruners refuse multi-objective studies, so the trial raises ``optuna.TrialPruned``
+    itself with the reason stored.
+    """
+
+    enabled: bool = False
+    epochs: float = 0.25
+    min_clean_acc: float = 0.0
+    min_pgd_acc: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "gate.epochs", f"expected > 0, got {self.epochs}")
+        for n in ("min_clean_acc", "min_pgd_acc"):
+            _check(0 <= getattr(self, n) <= 1, f"gate.{n}", f"expected an accuracy in [0, 1], got {getattr(self, n)}")
+
+
+@dataclass(frozen=True)
+class ConstraintConfig:
+    """Feasibility constraints, stored with ``trial.set_constraint`` (value <= 0 is feasible)."""
+
+    max_macs: float | None = None
+    max_bitops: float | None = None
+    min_clean_acc: float | None = None
+
+
+@dataclass(frozen=True)
+class TrialDefaults:
+    """Values every trial starts from; the search space overrides some of them."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: TrainConfig | None = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+def _parse_space(raw: Any, path: str) -> dict[str, ParamSpec]:
+    """``space:`` in YAML: parameter name -> ParamSpec shorthand (see :meth:`ParamSpec.parse`)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of parameter -> spec, got {raw!r}")
+    space = {str(n): ParamSpec.parse(s, f"{path}.{n}") for n, s in raw.items()}
+    for n in space:
+        tag = n.partition("@")[2].partition(".")[0]
+        if "@" in n and not (tag and tag.replace("_", "").isalnum()):
+            raise ConfigError(f"{path}.{n}: a tag after '@' must be letters, digits or '_'")
+    return space
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: what to compress, how to measure it, and what to search.
+
+    Attributes:
+        output_dir: where the study's database, checkpoints and plots go ("{name}" is replaced).
+        storage: Optuna storage URL or journal file path; None = SQLite in output_dir.
+        cost: the third objective: "macs" or "bitops".
+        baselines: trials enqueued at creation ("dense", and seed-paper recipes, see study.py).
+    """
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    defaults: TrialDefaults = field(default_factory=TrialDefaults)
+    space: Mapping[str, ParamSpec] = field(default_factory=dict, metadata={"parse": _parse_space})
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    cost: Literal["macs", "bitops"] = "macs"
+    baselines: tuple[str, ...] = ()
+    n_trials: int = 10
+    timeout_s: float | None = None
+    output_dir: str = "runs/{name}"
+    storage: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "space", _frozen_map(self.space))
+        _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
+               f"expected letters, digits, '-', '_' or '.', got {self.name!r}")
+        _check(self.n_trials >= 0, "n_trials", f"expected >= 0, got {self.n_trials}")
+        for key in self.space:
+            _check(key.split(".")[0] in ("prune", "finetune", "quant"), f"space.{key}",
+                   "expected a parameter under prune., finetune. or quant.")
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.output_dir.replace("{name}", self.name))
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """``searchprune train --config``: train a base model and save a checkpoint.
+
+    Attributes:
+        output: checkpoint path to write.
+        n_eval: test images for the final clean/PGD report (None = the whole test split).
+    """
+
+    output: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    n_eval: int | None = None
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Reads and validates a study YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has a bad key or value (named by path).
+    """
+    return build(StudyConfig, load_yaml(path))
