@@ -22,13 +22,12 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+
+from ._torch import count_params, eval_mode
 
 __all__ = ["LayerCost", "count_macs", "count_dense_macs", "layer_costs", "count_params"]
 
@@ -61,18 +60,6 @@ class LayerCost:
     def density(self) -> float:
         """Fraction of the weight that is nonzero (1.0 for a layer with no weights)."""
         return self.nonzero_params / self.params if self.params else 1.0
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Puts every submodule in eval mode and restores each one's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def _dummy_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -115,7 +102,7 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Lay
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
     try:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(_dummy_input(model, input_shape))
     finally:
         for h in handles:
@@ -146,29 +133,3 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 def count_dense_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """MACs per image with every weight counted, zero or not (physically removed ones are gone)."""
     return sum(c.dense_macs for c in layer_costs(model, input_shape).values())
-
-
-def count_params(model: nn.Module, *, nonzero: bool = True) -> int:
-    """Counts the model's parameters as deployed.
-
-    A parametrized tensor (masked or fake-quantized weight) counts as its effective value
-    ``module.weight``; the parametrization's own tensors (``original``, learned scores, quantizer
-    scales) are training state and are not counted. Shared parameters count once.
-
-    Args:
-        model: the model.
-        nonzero: count only nonzero entries (ShrinkBench's "nonzero parameters"); False counts all.
-    """
-    skip: set[int] = set()
-    effective: list[torch.Tensor] = []
-    with torch.no_grad():
-        for module in model.modules():
-            if parametrize.is_parametrized(module):
-                params = module.parametrizations
-                assert isinstance(params, nn.ModuleDict)
-                skip.update(id(p) for p in params.parameters())
-                effective.extend(getattr(module, name) for name in params)
-        tensors = effective + [p for p in model.parameters() if id(p) not in skip]
-        if nonzero:
-            return sum(int(torch.count_nonzero(t)) for t in tensors)
-        return sum(t.numel() for t in tensors)

@@ -58,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks._base import eval_mode, get_attack, input_grad, predict
+from ._torch import eval_mode, model_device
+from .attacks._base import get_attack, input_grad, predict
 from .attacks.apgd import apgd
 from .attacks.square import square
 from .attacks.transfer import transfer_examples
@@ -216,17 +217,10 @@ def zero_grad_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lo
     return grad.detach().flatten(1).abs().amax(dim=1) <= grad_tol
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    ref: torch.Tensor | None = next(iter(model.parameters()), None)
-    if ref is None:
-        ref = next(iter(model.buffers()), None)
-    return None if ref is None else ref.device
-
-
 def _take(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
           n_images: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Loader batches on the model's device, cut off after ``n_images`` images."""
-    device, seen = _model_device(model), 0
+    device, seen = model_device(model), 0
     for x, y in loader:
         if n_images is not None:
             if seen >= n_images:

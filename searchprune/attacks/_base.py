@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from .._torch import eval_mode, model_device
 from ..config import ThreatModel
 from ..errors import ConfigError
 
@@ -73,22 +74,6 @@ def call_with_options(fn: Callable[..., torch.Tensor], attack: str, kwargs: dict
 # ---------------------------------------------------------------------------------------------
 # Shared machinery: modes, precision, L-p balls
 # ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Puts every submodule in eval mode and restores each one's own flag on exit.
-
-    Restoring per submodule (rather than ``model.train(was_training)``) keeps deliberately frozen
-    parts, e.g. BatchNorm layers held in eval mode during fine-tuning, as they were.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
@@ -262,19 +247,12 @@ class EvalResult:
     n: int
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    ref: torch.Tensor | None = next(iter(model.parameters()), None)
-    if ref is None:
-        ref = next(iter(model.buffers()), None)
-    return None if ref is None else ref.device
-
-
 def _batches(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
              max_images: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yields loader batches on the model's device, cut off after ``max_images`` images."""
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images: expected >= 1 or None, got {max_images}")
-    device = _model_device(model)
+    device = model_device(model)
     seen = 0
     for x, y in loader:
         if max_images is not None:
