@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from searchprune.macs import count_dense_macs, count_macs, count_params, layer_costs
+from searchprune.models import create_model
+from searchprune.models.macs import count_dense_macs, count_macs, count_params, layer_costs
 
 
 class _Mask(nn.Module):
@@ -67,16 +68,14 @@ def _cnn8_hand_count() -> dict[str, int]:
 
 
 def test_cnn8_every_layer_by_hand() -> None:
-    models = pytest.importorskip("searchprune.models", reason="searchprune.models is not written yet")
-    model = models.create_model("cnn8", num_classes=10, in_channels=1, image_size=(28, 28))
+    model = create_model("cnn8", num_classes=10, in_channels=1, image_size=(28, 28))
     costs = layer_costs(model, (1, 28, 28))
     assert {name: c.dense_macs for name, c in costs.items()} == _cnn8_hand_count()
     assert count_dense_macs(model, (1, 28, 28)) == 13_686_528
 
 
 def test_resnet20_by_hand() -> None:
-    models = pytest.importorskip("searchprune.models", reason="searchprune.models is not written yet")
-    model = models.create_model("resnet20", num_classes=10, in_channels=3, image_size=(32, 32))
+    model = create_model("resnet20", num_classes=10, in_channels=3, image_size=(32, 32))
     stem = 16 * 3 * 9 * 32 * 32
     stage1 = 6 * (16 * 16 * 9 * 32 * 32)
     stage2 = 32 * 16 * 9 * 16 * 16 + 5 * (32 * 32 * 9 * 16 * 16)
@@ -173,8 +172,7 @@ def test_transposed_conv_counts_input_positions() -> None:
 
 def test_agrees_with_torch_flop_counter_on_dense_models() -> None:
     assert count_dense_macs(_small_net(), (3, 10, 10)) == _flop_counter_macs(_small_net(), (3, 10, 10))
-    models = pytest.importorskip("searchprune.models", reason="searchprune.models is not written yet")
-    model = models.create_model("cnn8", num_classes=10, in_channels=1, image_size=(28, 28))
+    model = create_model("cnn8", num_classes=10, in_channels=1, image_size=(28, 28))
     assert count_dense_macs(model, (1, 28, 28)) == _flop_counter_macs(model, (1, 28, 28))
 
 
