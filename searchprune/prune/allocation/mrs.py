@@ -17,7 +17,9 @@ The ratios (D.3) are ``r_l = c / MRS_l`` clipped to ``[0, r_max]``, with ``c`` c
 size-weighted mean of ``r_l`` is exactly the target sparsity (clipping and renormalization are
 iterated until nothing new clips).
 
-Public functions:
+Public names:
+    MRSAllocation: the ``mrs`` allocation (options ``eps_w``, ``passes``, ``n_batches``, ``mrs_lr``,
+        ``r_max``, checked by its ``check``).
     mrs_scores: the sensitivities of a set of layers.
     mrs_ratios: sensitivities -> per-layer pruning ratios meeting a global target.
     mrs_ratios_for: what the ``mrs`` allocation calls, with an on-disk cache per base checkpoint.
@@ -33,19 +35,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ..errors import ConfigError
+from ...attacks import pgd
+from ...config import PruneConfig, ThreatModel
+from ...errors import ConfigError
+from ..context import PruneContext
+from ..masks import weight_param
+from ..options import number, positive_int
+from ._base import register_allocation
+from .per_layer import RatioAllocation
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ThreatModel
-
-__all__ = ["mrs_scores", "mrs_ratios", "mrs_ratios_for", "MRS_DEFAULTS"]
+__all__ = ["MRSAllocation", "mrs_scores", "mrs_ratios", "mrs_ratios_for", "MRS_DEFAULTS"]
 
 # Defaults of the estimator's options (PruneConfig.options keys). RiFT's MRC uses eps_w = 0.1 and
 # two to ten passes over its whole adversarial set; a few batches and passes rank layers the same
@@ -53,14 +58,6 @@ __all__ = ["mrs_scores", "mrs_ratios", "mrs_ratios_for", "MRS_DEFAULTS"]
 MRS_DEFAULTS: dict[str, Any] = {"eps_w": 0.1, "passes": 3, "n_batches": 4, "mrs_lr": 1.0, "r_max": 0.95}
 
 _CACHE_VERSION = 1
-
-
-def _weight_tensor(module: nn.Module) -> torch.Tensor:
-    """The tensor that holds a layer's trainable weight: the parametrization's ``original`` when the
-    weight is masked / quantized (perturbing it perturbs the effective weight), else ``weight``."""
-    if parametrize.is_parametrized(module, "weight"):
-        return cast(torch.Tensor, cast(nn.ModuleDict, module.parametrizations)["weight"].original)
-    return cast(torch.Tensor, module.weight)
 
 
 @contextmanager
@@ -92,8 +89,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def _adv_set(model: nn.Module, loader: Iterable, threat: ThreatModel, n_batches: int
              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n_batches`` of ``loader`` attacked once with the study's PGD."""
-    from ..attacks import pgd
-
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i, (x, y) in enumerate(loader):
         if i >= n_batches:
@@ -160,7 +155,7 @@ def mrs_scores(
         base_loss = _mean_loss(model, batches)
         scores: dict[str, float] = {}
         for name, module in layers.items():
-            w = _weight_tensor(module)
+            w = weight_param(module)
             w0 = w.detach().clone()
             radius = eps_w * float(torch.linalg.vector_norm(w0))
             worst = base_loss
@@ -285,7 +280,7 @@ def _write_cache(path: Path, key: str, scores: Mapping[str, float], meta: Mappin
 def _layer_size(module: nn.Module, granularity: str) -> int:
     """What the sparsity counts in this layer: output channels for channel granularity, weights
     otherwise (kernel sparsity is still a fraction of weights)."""
-    w = _weight_tensor(module)
+    w = weight_param(module)
     if granularity == "channel":
         return int(w.shape[0])
     return int(w.numel())
@@ -347,3 +342,26 @@ def _target_sparsity(ctx: Any) -> float:
     if ctx.cfg.sparsity is None:
         raise ConfigError("the mrs allocation needs prune.sparsity (or a compression the base resolves)")
     return float(ctx.cfg.sparsity)
+
+
+@register_allocation("mrs")
+class MRSAllocation(RatioAllocation):
+    """Per-layer ratios from module robustness sensitivity (:func:`mrs_ratios_for`)."""
+
+    ratio_source = "mrs_ratios_for"
+    default_options = MRS_DEFAULTS
+    option_checks = {"eps_w": number(low=0, low_open=True), "passes": positive_int(),
+                     "n_batches": positive_int(), "mrs_lr": number(low=0, low_open=True),
+                     "r_max": number(low=0, high=1, low_open=True)}
+
+    @classmethod
+    def check(cls, cfg: PruneConfig) -> None:
+        super().check(cfg)
+        r_max = float(cfg.options.get("r_max", MRS_DEFAULTS["r_max"]))
+        if cfg.sparsity is not None and cfg.sparsity > r_max:
+            raise ConfigError(f"prune.sparsity: a target of {cfg.sparsity} cannot be met with every layer "
+                              f"capped at r_max={r_max}; expected a sparsity in [0, {r_max}]")
+
+    @classmethod
+    def layer_ratios(cls, ctx: PruneContext) -> dict[str, float]:
+        return mrs_ratios_for(ctx)
