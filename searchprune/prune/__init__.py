@@ -38,7 +38,6 @@ from .masks import (
     MaskParametrization,
     apply_mask_,
     apply_masks_,
-    count_params,
     fold_masks_,
     get_mask,
     layer_sparsity,
@@ -57,7 +56,7 @@ __all__ = [
     "load_pruned_state_dict_",
     # new with the layered layout
     "check_config", "GRANULARITIES", "list_allocations", "get_allocation", "register_allocation",
-    "count_params", "weight_param",
+    "weight_param",
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._torch import model_device
 from ..config import PruneConfig, ThreatModel, TrainConfig
 from ..errors import ConfigError
 from .context import PruneContext, PruneReport
@@ -18,13 +19,6 @@ from .method import get_method
 from .target import resolve_sparsity
 
 __all__ = ["prune_"]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def prune_(
@@ -75,7 +69,7 @@ def prune_(
     if not layers:
         raise ConfigError(f"prune: the model has no prunable layer for method {cfg.method!r} "
                           f"(include_classifier={cfg.include_classifier}, include_first={cfg.include_first})")
-    device = _model_device(model)
+    device = model_device(model) or torch.device("cpu")
     ctx = PruneContext(
         model=model, layers=layers, cfg=cfg, input_shape=tuple(input_shape),
         sparsity=resolve_sparsity(model, cfg, layers), loader=loader, threat=threat,

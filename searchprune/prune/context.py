@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._torch import count_params
 from ..config import PruneConfig, ThreatModel, TrainConfig
 from ..errors import ConfigError
-from .masks import count_params, effective_weight, layer_sparsity
+from .masks import effective_weight, layer_sparsity
 
 __all__ = ["PruneContext", "PruneReport", "build_report"]
 

@@ -32,12 +32,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._torch import count_params
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..train import train_
 from .allocation import allocate, has_ratios, layer_ratios
 from .context import PruneContext, PruneReport, build_report
-from .masks import MaskParametrization, apply_mask_, count_params, get_mask, weight_param
+from .masks import MaskParametrization, apply_mask_, get_mask, weight_param
 from .method import PruningMethod, register_method
 from .options import boolean, number, positive_int, string
 

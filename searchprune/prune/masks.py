@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 __all__ = [
     "PRUNABLE_TYPES", "is_classifier", "prunable_layers", "MaskParametrization", "Mask", "mask_parametrizations",
     "parametrizations_of", "weight_param", "effective_weight", "get_mask", "apply_mask_", "apply_masks_",
-    "fold_masks_", "restore_masks_", "layer_sparsity", "count_params",
+    "fold_masks_", "restore_masks_", "layer_sparsity",
 ]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -252,19 +252,3 @@ def layer_sparsity(
             w = effective_weight(m)
             out[name] = float((w == 0).sum().item() / max(1, w.numel()))
     return out
-
-
-def count_params(model: nn.Module, *, nonzero: bool) -> int:
-    """Number of parameters (all, or the nonzero ones), parametrized weights counted once at their
-    effective value."""
-    total = 0
-    for m in model.modules():
-        for name, p in m.named_parameters(recurse=False):
-            if name == "original":  # counted through the owning module's effective weight below
-                continue
-            total += int((p != 0).sum().item()) if nonzero else p.numel()
-        if parametrize.is_parametrized(m):
-            for tname in parametrizations_of(m):
-                t = getattr(m, tname)
-                total += int((t != 0).sum().item()) if nonzero else t.numel()
-    return total

@@ -63,11 +63,12 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from .._torch import count_params
 from ..config import PruneConfig
 from ..errors import ConfigError
 from .allocation import allocate, get_allocation, has_ratios, layer_ratios, list_allocations
 from .context import PruneContext, PruneReport, build_report
-from .masks import apply_mask_, count_params, effective_weight, get_mask
+from .masks import apply_mask_, effective_weight, get_mask
 from .options import OptionCheck, run_checks
 from .structured import STRUCTURED_OPTION_CHECKS, STRUCTURED_OPTIONS, prune_channels_
 from .target import check_target

@@ -41,13 +41,13 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._torch import count_params
 from ..errors import ConfigError
 from .allocation import allocate, has_ratios, layer_ratios
 from .context import PruneContext, PruneReport, build_report
 from .masks import (
     PRUNABLE_TYPES,
     MaskParametrization,
-    count_params,
     effective_weight,
     fold_masks_,
     is_classifier,

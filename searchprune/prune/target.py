@@ -7,9 +7,10 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from .._torch import count_params
 from ..config import PruneConfig
 from ..errors import ConfigError
-from .masks import count_params, effective_weight
+from .masks import effective_weight
 
 __all__ = ["check_target", "keep_fraction_from_compression", "resolve_sparsity"]
 

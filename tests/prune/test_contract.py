@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from searchprune import macs
+from searchprune._torch import count_params
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
 from searchprune.data import ArrayDataset, BatchLoader
 from searchprune.errors import ConfigError
+from searchprune.models import macs
 from searchprune.prune import (
     Mask,
     PruningMethod,
-    count_params,
     fold_masks_,
     get_method,
     layer_sparsity,

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
 from searchprune.data import ArrayDataset, BatchLoader
 from searchprune.errors import ConfigError
-from searchprune.macs import count_dense_macs, count_macs, layer_costs
+from searchprune.models.macs import count_dense_macs, count_macs, layer_costs
 from searchprune.prune import Mask, prunable_layers, prune_, weight_param
 from searchprune.prune.in_train import (
     HardwareCost,

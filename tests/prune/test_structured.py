@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from searchprune import macs, models
+from searchprune import models
 from searchprune.config import PruneConfig
+from searchprune.models import macs
 from searchprune.prune import allocate, load_pruned_state_dict_, prunable_layers, prune_, resize_to_state_dict_
 from searchprune.prune.structured import channel_groups, params_after
 

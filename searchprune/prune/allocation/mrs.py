@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._torch import eval_mode
 from ...attacks import pgd
 from ...config import PruneConfig, ThreatModel
 from ...errors import ConfigError
@@ -73,17 +74,6 @@ def _only_grad_for(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def _adv_set(model: nn.Module, loader: Iterable, threat: ThreatModel, n_batches: int
@@ -150,7 +140,7 @@ def mrs_scores(
     if passes < 1 or n_batches < 1:
         raise ConfigError(f"prune.options: expected passes >= 1 and n_batches >= 1, "
                           f"got {passes}, {n_batches}")
-    with _eval_mode(model):
+    with eval_mode(model):
         batches = _adv_set(model, loader, threat, n_batches)
         base_loss = _mean_loss(model, batches)
         scores: dict[str, float] = {}

@@ -10,12 +10,13 @@ from typing import Any, ClassVar, cast
 
 import torch
 
+from ..._torch import count_params
 from ...config import TrainConfig
 from ...errors import ConfigError
-from ...macs import layer_costs
+from ...models.macs import layer_costs
 from ...train import train_
 from ..context import PruneContext, PruneReport, build_report
-from ..masks import MaskParametrization, count_params, fold_masks_, weight_param
+from ..masks import MaskParametrization, fold_masks_, weight_param
 from ..method import PruningMethod, register_method
 from ..options import boolean, number, one_of, positive_int, string
 from .cost import ADAPTIVE_RANGE, HardwareCost, HardwareLoss, lam_auto, total_steps
