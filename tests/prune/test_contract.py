@@ -22,11 +22,13 @@ from searchprune.data import ArrayDataset, BatchLoader
 from searchprune.errors import ConfigError
 from searchprune.models import macs
 from searchprune.prune import (
+    GRANULARITIES,
     Mask,
     PruningMethod,
     fold_masks_,
     get_method,
     layer_sparsity,
+    list_allocations,
     list_methods,
     load_pruned_state_dict_,
     prunable_layers,
@@ -249,16 +251,17 @@ def test_unknown_method_lists_methods() -> None:
 @pytest.mark.parametrize("name", list_methods())
 def test_unsupported_granularity_and_allocation(name: str) -> None:
     cls = get_method(name)
-    for gran in {"weight", "kernel", "channel"} - set(cls.granularities):
+    for gran in set(GRANULARITIES) - set(cls.granularities):
         with pytest.raises(ConfigError) as e:
             prune_(TinyNet(), PruneConfig(method=name, granularity=gran, allocation=cls.allocations[0]),
                    input_shape=INPUT, loader=_loader(), threat=THREAT)
         msg = str(e.value)
         assert name in msg and repr(gran) in msg and all(g in msg for g in cls.granularities)
-    for alloc in {"global", "uniform", "mrs", "learned"} - set(cls.allocations):
+    for alloc in set(list_allocations()) - set(cls.allocations):
+        per_layer = {"layer_sparsity": {"fc": 0.5}, "sparsity": None} if alloc == "per_layer" else {}
+        cfg = PruneConfig(method=name, granularity=cls.granularities[0], allocation=alloc, **per_layer)
         with pytest.raises(ConfigError) as e:
-            prune_(TinyNet(), PruneConfig(method=name, granularity=cls.granularities[0], allocation=alloc),
-                   input_shape=INPUT, loader=_loader(), threat=THREAT)
+            prune_(TinyNet(), cfg, input_shape=INPUT, loader=_loader(), threat=THREAT)
         msg = str(e.value)
         assert name in msg and repr(alloc) in msg and all(a in msg for a in cls.allocations)
 
