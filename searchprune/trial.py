@@ -4,7 +4,9 @@
 inside a study (``space.suggest`` makes the params), replays a stored trial for export, and runs
 in a unit test with hand-written params. Progress leaves through the optional ``report``
 callback; a multi-fidelity gate leaves through :class:`TrialGated`, which the study turns into
-``optuna.TrialPruned``.
+``optuna.TrialPruned``. Nothing here writes files: the result carries the trial's model, and
+:func:`checkpoint_metadata` the record a caller saves with it
+(:class:`searchprune.search.objective.Objective` does, for a study).
 
 Selection happens on the validation split (carved from train); the test split is only touched
 by export / ``searchprune eval``.
@@ -25,7 +27,6 @@ from torch import nn
 
 from ._torch import seed_everything
 from .attacks import evaluate, transfer_examples
-from .checkpoint import save_checkpoint
 from .config import EvalConfig, GateConfig, ThreatModel, TrialParams, to_dict
 from .data import BatchLoader, Splits
 from .macs import count_dense_macs, count_macs, count_params
@@ -34,7 +35,7 @@ from .quantize import count_bitops, model_size_bytes, quantize_
 from .robustness import masking_checks
 from .train import train_
 
-__all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics"]
+__all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics", "checkpoint_metadata"]
 
 Report = Callable[[str, Mapping[str, Any]], None]
 
@@ -55,7 +56,6 @@ class TrialContext:
     Attributes:
         base_model: the dense model; each trial works on a deep copy.
         base_meta: the base checkpoint's ``model`` and ``dataset`` records (for trial checkpoints).
-        out_dir: where trial checkpoints are written (None: not saved).
         cache_dir: where expensive per-base-model results (MRS scores) are cached.
     """
 
@@ -67,7 +67,6 @@ class TrialContext:
     gate: GateConfig = field(default_factory=GateConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     eval_batch_size: int = 256
-    out_dir: Path | None = None
     cache_dir: Path | None = None
     # transfer examples crafted once on the dense model, reused by every trial: (x_adv, y) batches
     _transfer: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
@@ -105,7 +104,9 @@ class TrialResult:
     """Everything a trial measured. Accuracies are fractions on the validation split.
 
     ``robust_acc`` is the robust objective (PGD accuracy, or the per-example worst case over the
-    study's attacks); ``cost`` is the third objective (``macs`` or ``bitops``).
+    study's attacks); ``cost`` is the third objective (``macs`` or ``bitops``). ``model`` is the
+    pruned, fine-tuned (and quantized) model itself; ``structural`` says channels were removed
+    physically (a checkpoint must record the structure).
     """
 
     clean_acc: float
@@ -124,7 +125,8 @@ class TrialResult:
     flags: Mapping[str, bool]
     time_s: float
     n_eval: int
-    checkpoint: str | None = None
+    structural: bool = False
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def pgd_acc(self) -> float:
@@ -184,15 +186,13 @@ def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: 
     train_(model, loader, cfg, threat=ctx.threat)
 
 
-def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None,
-              name: str | None = None) -> TrialResult:
+def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None) -> TrialResult:
     """Runs one trial on a copy of the base model and measures it.
 
     Args:
         params: what to do (pruning, fine-tuning, quantization, seed).
         ctx: the study's shared data, base model and threat model.
         report: optional ``report(event, payload)`` callback for progress.
-        name: file name stem of the trial's checkpoint in ``ctx.out_dir`` (default: from the seed).
 
     Raises:
         TrialGated: the gate stopped the trial after its short fine-tune.
@@ -255,15 +255,16 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
         bitops=count_bitops(model, ctx.input_shape), params=count_params(model, nonzero=True),
         size_bytes=model_size_bytes(model), sparsity=prune_report.sparsity,
         layer_sparsity=dict(prune_report.layer_sparsity), stages=stages, checks=checks, flags=flags,
-        time_s=time.perf_counter() - t0, n_eval=res.n,
+        time_s=time.perf_counter() - t0, n_eval=res.n, structural=prune_report.structural, model=model,
     )
-    if ctx.out_dir is not None:
-        path = Path(ctx.out_dir) / f"{name or f'trial_seed{params.seed}'}.pt"
-        save_checkpoint(path, model, {
-            **ctx.base_meta, "prune": to_dict(params.prune), "quant": to_dict(params.quant),
-            "finetune": to_dict(params.finetune), "threat": to_dict(ctx.threat), "metrics": result.metrics(),
-            "structure": prune_report.structural,
-        })
-        result = dataclasses.replace(result, checkpoint=str(path))
     return result
+
+
+def checkpoint_metadata(params: TrialParams, ctx: TrialContext, result: TrialResult) -> dict[str, Any]:
+    """The metadata a trial's checkpoint is saved with (what ``load_checkpoint`` rebuilds it from)."""
+    return {
+        **ctx.base_meta, "prune": to_dict(params.prune), "quant": to_dict(params.quant),
+        "finetune": to_dict(params.finetune), "threat": to_dict(ctx.threat), "metrics": result.metrics(),
+        "structure": result.structural,
+    }
 

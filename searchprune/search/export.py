@@ -27,6 +27,7 @@ clean or PGD accuracy differ beyond noise; then it measures the test split.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import operator
@@ -40,8 +41,15 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
-from .errors import ConfigError
+from .._torch import get_device, seed_everything
+from ..attacks import evaluate
+from ..checkpoint import load_checkpoint, versions
+from ..config import DataConfig, ThreatModel, build, to_dict
+from ..data import BatchLoader, make_splits
+from ..errors import ConfigError
+from .study import stored_config
 
 __all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
 
@@ -149,8 +157,6 @@ def _fetch_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial, dest
     art_id = trial.user_attrs.get("artifact_checkpoint")
     art_dir = study.user_attrs.get("artifact_dir")
     if art_id and art_dir and Path(art_dir).is_dir():
-        from optuna.artifacts import FileSystemArtifactStore, download_artifact
-
         download_artifact(artifact_store=FileSystemArtifactStore(art_dir), file_path=str(dest), artifact_id=art_id)
         return dest
     raise ConfigError(f"trial {trial.number} has no checkpoint here: not at {local!r} and no artifact in "
@@ -170,9 +176,7 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
         traced = torch.jit.trace(model, example)
         traced.save(str(out / "model_plain.ts"))
         written["torchscript"] = "model_plain.ts"
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("onnx") is None:  # an optional extra
         written["onnx"] = "skipped: the onnx package is not installed"
     else:
         try:
@@ -197,14 +201,7 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
     Raises:
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
     """
-    from ._torch import get_device, seed_everything
-    from .attacks import evaluate
-    from .checkpoint import load_checkpoint, versions
-    from .config import build, to_dict
-    from .data import BatchLoader, make_splits
-    from .study import CONFIG_ATTR, StudyConfig
-
-    cfg = build(StudyConfig, study.user_attrs[CONFIG_ATTR])
+    cfg = stored_config(study)
     if trial.state != optuna.trial.TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: nothing to export")
     out = Path(out_dir)
@@ -254,8 +251,6 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
 
 def load(path: str | Path) -> torch.nn.Module:
     """Rebuilds an exported (or any searchprune) model from a directory or checkpoint file."""
-    from .checkpoint import load_checkpoint
-
     p = Path(path)
     model, _ = load_checkpoint(p / "model.pt" if p.is_dir() else p)
     return model
@@ -264,11 +259,6 @@ def load(path: str | Path) -> torch.nn.Module:
 def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
                     data_dir: str | None = None) -> dict[str, Any]:
     """Re-measures an export directory on its test split; returns measured and recorded metrics."""
-    from ._torch import get_device
-    from .attacks import evaluate
-    from .config import DataConfig, ThreatModel, build
-    from .data import BatchLoader, make_splits
-
     p = Path(path)
     meta_path = p / "metadata.json"
     if not meta_path.is_file():

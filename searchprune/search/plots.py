@@ -24,8 +24,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization import matplotlib as mpl
+from optuna_dashboard import save_plotly_graph_object
+
+from .reports import reference_point
 
 __all__ = ["write_plots", "figures", "PROJECTIONS"]
 
@@ -48,10 +54,6 @@ def figures(study: optuna.Study) -> Figures:
         ``pareto_3d``, ``pareto_<x>_vs_<y>`` per projection, ``hypervolume_history`` and
         ``importance_<objective>`` (only with at least 3 completed trials and a varying parameter).
     """
-    from optuna.visualization import matplotlib as mpl
-
-    from .study import reference_point
-
     names = list(study.metric_names or ["clean_acc", "robust_acc", "cost"])
     vis = optuna.visualization
     out: Figures = {}
@@ -113,12 +115,7 @@ def write_plots(study: optuna.Study, out_dir: str | Path, *, push_to_dashboard: 
     Returns:
         The HTML and PNG files written, in figure order.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna_dashboard import save_plotly_graph_object
-
+    matplotlib.use("Agg")  # files only, never a window
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

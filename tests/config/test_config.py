@@ -18,8 +18,7 @@ from searchprune.config import (
     trial_params_from_flat,
 )
 from searchprune.errors import ConfigError
-from searchprune.space import validate_space
-from searchprune.study import baseline_trials, validate_names
+from searchprune.search import baseline_trials, validate_names, validate_space
 
 
 @pytest.mark.parametrize(

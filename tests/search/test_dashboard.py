@@ -21,7 +21,7 @@ from _pg import free_port
 from optuna.distributions import FloatDistribution
 
 from searchprune.config import StudyConfig, build, to_dict
-from searchprune.study import CONFIG_ATTR, DIRECTIONS, OBJECTIVE_NAMES
+from searchprune.search import CONFIG_ATTR, DIRECTIONS, OBJECTIVE_NAMES
 
 STUDY = "dash_study"
 
@@ -38,7 +38,7 @@ def _make_study(tmp_path: Path) -> str:
             values=[0.9 - 0.2 * s, 0.5 - 0.3 * s, 1e6 * (1 - s)], params={"prune.sparsity": s},
             distributions={"prune.sparsity": FloatDistribution(0.0, 0.95)},
             constraints={"max_macs": (1e6 * (1 - s) - 4e5) / 4e5}, user_attrs={"baseline": i == 0}))
-    from searchprune.plots import write_plots
+    from searchprune.search import write_plots
 
     write_plots(study, tmp_path / "plots", png=False)
     return url

@@ -5,7 +5,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from searchprune.errors import ConfigError
-from searchprune.export import Rule, parse_rule, select_trial
+from searchprune.search import Rule, parse_rule, select_trial
 
 
 def test_parse_rule():

@@ -11,8 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
-from searchprune.plots import PROJECTIONS, figures, write_plots
-from searchprune.study import DIRECTIONS, OBJECTIVE_NAMES
+from searchprune.search import DIRECTIONS, OBJECTIVE_NAMES, PROJECTIONS, figures, write_plots
 
 DENSE_MACS = 1_000_000.0
 MAX_MACS = 400_000.0

@@ -5,7 +5,7 @@ import pytest
 
 from searchprune.config import StudyConfig, build
 from searchprune.errors import ConfigError
-from searchprune.space import replay_params, suggest, suggest_params, validate_space
+from searchprune.search import replay_params, suggest, suggest_params, validate_space
 
 SPACE = {
     "prune.method": ["magnitude", "gap"],

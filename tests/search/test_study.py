@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from searchprune.cli import main
 from searchprune.config import StudyConfig, build, to_dict
 from searchprune.errors import ConfigError
-from searchprune.study import (
+from searchprune.search import (
     OBJECTIVE_NAMES,
-    _finished,
     create_study,
+    finished_trials,
     load_study,
     make_sampler,
     make_storage,
@@ -86,13 +86,13 @@ def test_finished_counts_retried_failures_once(tmp_path):
     study.add_trial(create(values=[0.9, 0.5, 1.0], system_attrs={"failed_trial": 2, "retry_history": [2]}))
     study.add_trial(create(state=TrialState.FAIL))                                         # 4 plain failure
     study.add_trial(create(state=TrialState.WAITING))                                      # 5 not finished
-    assert _finished(study) == 4  # 0, 1, 3 and 4
+    assert finished_trials(study) == 4  # 0, 1, 3 and 4
 
 
 def test_dense_baseline_pins_what_the_sampler_would_pick(tmp_path):
     """At sparsity 0 the method does not matter, so the dense point must not leave it to the sampler."""
     from searchprune.config import load_study_config
-    from searchprune.study import baseline_trials
+    from searchprune.search import baseline_trials
 
     def dense(methods: list[str]) -> list[dict]:
         space = {"prune.method": methods, "prune.sparsity": {"low": 0.3, "high": 0.9},
@@ -104,7 +104,7 @@ def test_dense_baseline_pins_what_the_sampler_would_pick(tmp_path):
                                                 "finetune.recipe": "none"}]
     # magnitude not offered: the method stays the sampler's choice
     assert dense(["taylor", "gradient"]) == [{"prune.sparsity": 0.0, "finetune.recipe": "none"}]
-    full = load_study_config(Path(__file__).parent.parent / "studies" / "fmnist_full.yaml")
+    full = load_study_config(Path(__file__).parents[2] / "studies" / "fmnist_full.yaml")
     dense = baseline_trials(build(StudyConfig, {**to_dict(full), "baselines": ["dense"]}))[0]
     assert dense["prune.method"] == "magnitude" and dense["prune.sparsity"] == 0.0
     assert dense["prune.granularity@scored"] == "weight" and dense["prune.allocation@scored"] == "global"
@@ -136,7 +136,7 @@ def test_each_sampler_end_to_end(tmp_path, base, sampler):
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter prune.sparsity with value 0.0")  # dense: below range
 def test_constraints_mark_infeasible_trials(tmp_path, base):
-    from searchprune.plots import figures
+    from searchprune.search import figures
 
     dense = tiny_study_config(tmp_path, base, name="dense_probe", n_trials=1, baselines=["dense"])
     create_study(dense, storage=_url(tmp_path))

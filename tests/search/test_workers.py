@@ -24,7 +24,7 @@ from _tiny import tiny_study_config, trials_of
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from searchprune.study import create_study, optimize
+from searchprune.search import create_study, optimize
 
 pytestmark = pytest.mark.slow
 
@@ -107,13 +107,13 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch):
     create_study(cfg, storage=storage)
     from searchprune._torch import get_device
     from searchprune.data import make_splits
-    from searchprune.study import ensure_base_model
+    from searchprune.search import ensure_base_model
 
     # trained here, so the worker starts its first trial at once
     ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)
 
     script = textwrap.dedent(f"""
-        from searchprune.study import optimize
+        from searchprune.search import optimize
         optimize({cfg.name!r}, {storage!r}, quiet=True)
     """)
     worker = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
