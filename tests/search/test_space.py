@@ -3,9 +3,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from searchprune.config import StudyConfig, build
+from searchprune.config import StudyConfig, TrainConfig, TrialDefaults, build
 from searchprune.errors import ConfigError
-from searchprune.search import replay_params, suggest, suggest_params, validate_space
+from searchprune.search import replay_params, suggest, suggest_params, trial_params_from_flat, validate_space
 
 SPACE = {
     "prune.method": ["magnitude", "gap"],
@@ -94,3 +94,18 @@ def test_mixed_precision_bits_per_layer():
     p = suggest_params(optuna.trial.FixedTrial(fixed), cfg.space, cfg.defaults, seed=0,
                        layer_names=["features.0", "fc.0"])
     assert p.quant.layer_bits == {"features.0": 4, "fc.0": 8}
+
+
+def test_flat_params_merge_into_defaults():
+    d = TrialDefaults()
+    p = trial_params_from_flat(d, {"prune.sparsity": 0.8, "prune.options.n_batches": 3,
+                                   "finetune.recipe": "fast", "quant.mode": "ptq"}, seed=7)
+    assert p.prune.sparsity == 0.8 and p.prune.options == {"n_batches": 3}
+    assert p.finetune == TrainConfig(recipe="fast") and p.quant.mode == "ptq" and p.seed == 7
+    assert trial_params_from_flat(d, {"finetune.recipe": "none"}).finetune is None
+    # layer names contain dots: only the prefix is split
+    p = trial_params_from_flat(d, {"prune.allocation": "per_layer", "prune.layer_sparsity.features.0": 0.3,
+                                   "prune.layer_sparsity.fc.1": 0.6})
+    assert p.prune.layer_sparsity == {"features.0": 0.3, "fc.1": 0.6} and p.prune.sparsity is None
+    with pytest.raises(ConfigError, match="prune.sparsity"):
+        trial_params_from_flat(d, {"prune.sparsity": 1.5})
