@@ -11,18 +11,21 @@ import torch
 from _toys import toy_data, toy_net
 from torch import nn
 
-from searchprune.config import ThreatModel
-from searchprune.errors import ConfigError
-from searchprune.robustness import (
+from searchprune.attacks.masking import (
     FLAG_NAMES,
+    CheckBudget,
     MaskingReport,
+    MaskingThresholds,
     masking_checks,
     masking_flags,
     zero_grad_fraction,
 )
+from searchprune.config import ThreatModel
+from searchprune.errors import ConfigError
 
 THREAT = ThreatModel(eps=0.1, alpha=0.025, steps=10)
-FAST = dict(apgd_steps=20, square_queries=100)  # enough on 8x8 toys; the defaults are for real models
+FAST = CheckBudget(apgd_steps=20, square_queries=100)  # enough on 8x8 toys; the defaults are for real models
+FAST64 = CheckBudget(n_images=64, apgd_steps=20, square_queries=100)
 
 
 _toy_data = toy_data
@@ -58,7 +61,7 @@ def loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_silent_on_an_honest_model(nets, loader) -> None:
     net, other = nets
-    report = masking_checks(net, loader, THREAT, source=other, **FAST)
+    report = masking_checks(net, loader, THREAT, source=other, budget=FAST)
     assert report.fired == [], report
     assert not report.suspicious
     assert report.n_images == 128 and report.clean_acc > 0.95
@@ -71,7 +74,7 @@ def test_silent_on_an_honest_model(nets, loader) -> None:
 def test_fires_on_a_gradient_masked_model(nets, loader) -> None:
     net, _ = nets
     masked = nn.Sequential(HardRound(), net)
-    report = masking_checks(masked, loader, THREAT, source=net, **FAST)
+    report = masking_checks(masked, loader, THREAT, source=net, budget=FAST)
     assert report.clean_acc > 0.95
     assert report.pgd_subset_acc == report.clean_acc  # PGD cannot move: the lie the checks catch
     assert report.zero_grad_frac == 1.0 and report.zero_grad_frac_margin == 1.0
@@ -87,7 +90,7 @@ def test_fires_on_a_gradient_masked_model(nets, loader) -> None:
 def test_steps_not_converged_fires_when_pgd_is_too_short(nets, loader) -> None:
     net, _ = nets
     short = ThreatModel(eps=0.1, alpha=0.01, steps=2)  # can travel only 0.02 of the 0.1 budget
-    report = masking_checks(net, loader, short, **FAST)
+    report = masking_checks(net, loader, short, budget=FAST)
     assert report.flags["steps_not_converged"]
     assert report.pgd_subset_acc - report.pgd_more_acc > 0.03
     assert report.flags["strong_gap"]  # APGD sets its own step size: the short PGD is exposed twice
@@ -128,21 +131,21 @@ def test_measured_values_are_paired_with_pgd_measured_here(nets, loader) -> None
     net, _ = nets
     # a passed-in PGD number from elsewhere (say, more images) is not compared with the APGD
     # measured here: the strong check uses PGD on the same images
-    report = masking_checks(net, loader, THREAT, pgd_acc=0.99, **FAST)
+    report = masking_checks(net, loader, THREAT, pgd_acc=0.99, budget=FAST)
     assert report.pgd_acc == 0.99
     assert not report.flags["strong_gap"]
 
 
 def test_l2_threat_runs_without_square(nets, loader) -> None:
     net, _ = nets
-    report = masking_checks(net, loader, ThreatModel(norm="l2", eps=0.8, alpha=0.2, steps=10), **FAST)
+    report = masking_checks(net, loader, ThreatModel(norm="l2", eps=0.8, alpha=0.2, steps=10), budget=FAST)
     assert report.square_acc is None and report.apgd_acc is not None
     assert report.strong_acc == report.apgd_acc
 
 
 def test_user_attrs_are_flat_and_json_safe(nets, loader) -> None:
     net, _ = nets
-    report = masking_checks(net, loader, THREAT, n_images=64, **FAST)
+    report = masking_checks(net, loader, THREAT, budget=FAST64)
     attrs = report.as_user_attrs()
     json.dumps(attrs)
     assert all(type(v) in (bool, int, float) or v is None for v in attrs.values())
@@ -157,8 +160,8 @@ def test_user_attrs_are_flat_and_json_safe(nets, loader) -> None:
 def test_reproducible_and_leaves_the_model_alone(nets, loader) -> None:
     net, _ = nets
     model = copy.deepcopy(net).train()
-    a = masking_checks(model, loader, THREAT, n_images=64, **FAST)
-    b = masking_checks(model, loader, THREAT, n_images=64, **FAST)
+    a = masking_checks(model, loader, THREAT, budget=FAST64)
+    b = masking_checks(model, loader, THREAT, budget=FAST64)
     assert a == b
     assert model.training and all(p.grad is None for p in model.parameters())
 
@@ -179,9 +182,23 @@ def test_zero_grad_fraction_tells_flat_nets_from_saturated_softmax(nets) -> None
 
 def test_bad_arguments_raise(nets, loader) -> None:
     net, _ = nets
-    with pytest.raises(ConfigError):
-        masking_checks(net, loader, THREAT, n_images=0)
-    with pytest.raises(ConfigError):
-        masking_checks(net, loader, THREAT, more_steps_factor=1)
+    with pytest.raises(ConfigError, match="n_images"):
+        masking_checks(net, loader, THREAT, budget=CheckBudget(n_images=0))
+    with pytest.raises(ConfigError, match="more_steps_factor"):
+        masking_checks(net, loader, THREAT, budget=CheckBudget(more_steps_factor=1))
     with pytest.raises(ConfigError):
         masking_checks(net, [], THREAT)
+
+
+def test_thresholds_live_in_one_dataclass_and_reach_the_flags_and_report(nets, loader) -> None:
+    base = dict(zero_grad_frac=0.0, pgd_acc=0.50, pgd_more_acc=0.50, strong_acc=0.40)
+    assert masking_flags(**base)["strong_gap"]  # default margin 0.05 < 0.10
+    assert not masking_flags(**base, thresholds=MaskingThresholds(strong_gap_margin=0.2))["strong_gap"]
+    net, _ = nets
+    thr = MaskingThresholds(monotone_tol=0.5, converge_margin=0.5)
+    report = masking_checks(net, loader, THREAT, pgd_acc=0.9, strong_acc=0.2, transfer_acc=0.95, thresholds=thr)
+    assert report.thresholds == MaskingThresholds(monotone_tol=0.5, converge_margin=0.5).as_dict()
+    assert report.thresholds["monotone_tol"] == 0.5 and set(report.thresholds) == {
+        "grad_tol", "zero_grad_max_frac", "strong_gap_margin", "transfer_margin", "monotone_tol", "converge_margin"}
+    with pytest.raises(AttributeError):
+        thr.monotone_tol = 0.0  # type: ignore[misc]
