@@ -25,14 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._torch import seed_everything
-from .attacks import evaluate, transfer_examples
+from ._torch import count_params, seed_everything
+from .attacks import accuracy_on_batches, evaluate, transfer_examples
+from .attacks.masking import CheckBudget, masking_checks
 from .config import EvalConfig, GateConfig, ThreatModel, TrialParams, to_dict
 from .data import BatchLoader, Splits
-from .macs import count_dense_macs, count_macs, count_params
+from .models.macs import count_dense_macs, count_macs
 from .prune import prune_
 from .quantize import count_bitops, model_size_bytes, quantize_
-from .robustness import masking_checks
 from .train import train_
 
 __all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics", "checkpoint_metadata"]
@@ -153,16 +153,6 @@ def _stage(model: nn.Module, ctx: TrialContext) -> StageMetrics:
     return StageMetrics(clean_acc=res.clean, pgd_acc=res.robust["pgd"])
 
 
-def _transfer_accuracy(model: nn.Module, ctx: TrialContext) -> float:
-    batches = ctx.transfer_batches()  # crafted (once) with gradients, so outside no_grad
-    correct = total = 0
-    with torch.no_grad():
-        for x_adv, y in batches:
-            correct += (model(x_adv).argmax(1) == y).sum().item()
-            total += y.numel()
-    return correct / max(total, 1)
-
-
 def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: Report) -> None:
     """Fine-tunes with the trial's recipe; with the gate on, the first ``gate.epochs`` run first
     and the trial stops early (TrialGated) if it is below the floors."""
@@ -234,15 +224,17 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
     model.eval()
     res = evaluate(model, ctx.val_loader(ctx.eval.n_eval), ctx.threat, attacks=ctx.eval.attacks)
     robust = res.robust["pgd"] if ctx.eval.objective == "pgd" else res.worst
-    transfer = _transfer_accuracy(model, ctx) if ctx.eval.transfer else None
+    # examples crafted (once, with gradients) on the dense model, scored on this one
+    transfer = accuracy_on_batches(model, ctx.transfer_batches()) if ctx.eval.transfer else None
     checks: dict[str, Any] = {}
     flags: dict[str, bool] = {}
     if ctx.eval.checks:
         strong = [res.robust[a] for a in res.robust if a != "pgd"]
         mr = masking_checks(
             model, ctx.val_loader(ctx.eval.n_stage_eval), ctx.threat, pgd_acc=res.robust.get("pgd", robust),
-            strong_acc=min(strong) if strong else None, transfer_acc=transfer, n_images=ctx.eval.n_stage_eval,
-            apgd_steps=ctx.eval.check_apgd_steps, square_queries=ctx.eval.check_square_queries, seed=params.seed,
+            strong_acc=min(strong) if strong else None, transfer_acc=transfer,
+            budget=CheckBudget(n_images=ctx.eval.n_stage_eval, apgd_steps=ctx.eval.check_apgd_steps,
+                               square_queries=ctx.eval.check_square_queries, seed=params.seed),
         )
         checks, flags = mr.as_user_attrs(), dict(mr.flags)
     report("attack", {"clean_acc": res.clean, "robust_acc": robust})

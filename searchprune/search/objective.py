@@ -83,7 +83,7 @@ def ensure_base_model(cfg: StudyConfig, splits: Splits, device: torch.device, *,
     return model.cpu().eval(), meta
 
 
-def build_context(cfg: StudyConfig, *, device: str | torch.device | None = None,
+def build_context(cfg: StudyConfig, *, device: str | None = None,
                   progress: bool = True) -> TrialContext:
     """Data splits + base model + threat model: what every trial of the study shares."""
     dev = get_device(device)
