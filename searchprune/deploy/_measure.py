@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..quantize import QUANTIZABLE, layer_bitwidths
@@ -35,6 +36,12 @@ def model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def _kind(module: nn.Module) -> str:
+    """The module's class name, looking through torch's generated ``Parametrized<X>`` classes."""
+    cls = type(module)
+    return cls.__bases__[0].__name__ if parametrize.is_parametrized(module) else cls.__name__
 
 
 def time_runs(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, repeats: int, warmup: int) -> list[float]:
@@ -102,7 +109,7 @@ def shape_signature(model: nn.Module, example_input: torch.Tensor) -> list[list[
         w_bits, a_bits = bits.get(names[module], (FLOAT_BITS, None))
         size = list(args[0].shape[2:]) if isinstance(module, nn.modules.conv._ConvNd) else list(args[0].shape[1:-1])
         if isinstance(module, nn.modules.conv._ConvNd):
-            order.append([type(module).__name__, module.in_channels, module.out_channels, list(module.kernel_size),
+            order.append([_kind(module), module.in_channels, module.out_channels, list(module.kernel_size),
                           list(module.stride), str(module.padding), list(module.dilation), module.groups,
                           module.bias is not None, size, w_bits, a_bits])
         else:
@@ -132,9 +139,10 @@ def signature_key(kind: str, model: nn.Module, example_input: torch.Tensor, **se
     (counted), the per-image input shape, the device, torch's thread count and version.
     """
     leaves: dict[str, int] = {}
-    for m in model.modules():
-        if not list(m.children()) and not isinstance(m, QUANTIZABLE):
-            leaves[type(m).__name__] = leaves.get(type(m).__name__, 0) + 1
+    for name, m in model.named_modules():
+        # parametrizations (masks, quantizers) are training state: a deployed model has none
+        if not list(m.children()) and not isinstance(m, QUANTIZABLE) and "parametrizations" not in name.split("."):
+            leaves[_kind(m)] = leaves.get(_kind(m), 0) + 1
     device = model_device(model)
     sig = {"kind": kind, "model": type(model).__name__, "input": list(example_input.shape[1:]),
            "layers": shape_signature(model, example_input), "other_modules": dict(sorted(leaves.items())),

@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -96,20 +98,23 @@ def fold_bn_into_(layer: nn.Module, bn: nn.Module) -> None:
         layer: a conv or linear layer with a plain (unparametrized) weight.
         bn: the BatchNorm that reads ``layer``'s output.
     """
-    w = layer.weight
+    assert isinstance(layer, _CONV | nn.Linear) and isinstance(bn, _BN)
+    assert bn.running_mean is not None and bn.running_var is not None
+    w = cast(torch.Tensor, layer.weight)
     mean, var = bn.running_mean.double(), bn.running_var.double()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
     scale = gamma / torch.sqrt(var + bn.eps)  # (C_out,)
-    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(mean)
+    old_bias = cast(torch.Tensor | None, layer.bias)
+    bias = old_bias.double() if old_bias is not None else torch.zeros_like(mean)
     new_w = w.double() * scale.reshape(-1, *([1] * (w.dim() - 1)))
     new_b = (bias - mean) * scale + beta
     # keep the weight's memory format (channels_last stays channels_last)
     w.copy_(new_w.to(w.dtype))
-    if layer.bias is None:
+    if old_bias is None:
         layer.bias = nn.Parameter(new_b.to(device=w.device, dtype=w.dtype), requires_grad=w.requires_grad)
     else:
-        layer.bias.copy_(new_b.to(layer.bias.dtype))
+        old_bias.copy_(new_b.to(old_bias.dtype))
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -136,5 +141,5 @@ def fold_bn_(model: nn.Module) -> nn.Module:
     for layer_name, bn_name in pairs:
         fold_bn_into_(modules[layer_name], modules[bn_name])
         _set_submodule(model, bn_name, nn.Identity())
-    model.folded_bn = list(pairs)
+    setattr(model, "folded_bn", list(pairs))  # a plain attribute, not a tensor or module
     return model

@@ -64,7 +64,7 @@ def channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, 
 
 
 def _to_channels_last(model: nn.Module) -> nn.Module:
-    model.to(memory_format=torch.channels_last)  # 4-D weights; int8 packed weights are NHWC already
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights; int8 packed weights are NHWC already
     model.register_forward_pre_hook(channels_last_input)
     return model
 
@@ -119,7 +119,7 @@ def deployable(
             folded: tuple[tuple[str, str], ...] = ()
         else:
             base = fold_bn_(copy.deepcopy(model))
-            folded = tuple(base.folded_bn)
+            folded = tuple(getattr(base, "folded_bn"))
     use_cl, measured = bool(channels_last), None
     if channels_last == "auto":
         assert key is not None
@@ -137,7 +137,8 @@ def deployable(
             cache.put(key, {"channels_last": use_cl, "ms": list(measured)}, sig)
     out = _to_channels_last(base) if use_cl else base
     out.eval()
-    out.deploy_info = DeployInfo(weight_bits=bits, int8=int8, channels_last=use_cl, folded_bn=folded,
-                                 channels_last_ms=measured)  # type: ignore[arg-type]
+    info = DeployInfo(weight_bits=bits, int8=int8, channels_last=use_cl, folded_bn=folded,
+                      channels_last_ms=measured)
+    setattr(out, "deploy_info", info)  # a plain attribute (torch.save pickles it with the module)
     return out
 

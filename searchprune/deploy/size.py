@@ -77,7 +77,7 @@ def weight_storage_bits(fmt: str, *, numel: int, nonzero: int, rows: int, weight
 def _quantizer(module: nn.Module) -> WeightFakeQuant | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    plist = cast(nn.ModuleDict, module.parametrizations)["weight"]
+    plist = cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)["weight"])
     return next((p for p in plist if isinstance(p, WeightFakeQuant)), None)
 
 
