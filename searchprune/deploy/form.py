@@ -3,7 +3,8 @@
 :func:`deployable` returns a copy of the model that computes the same function faster:
 
 * masks and fake quantizers folded into plain weights (no parametrization runs per forward);
-* BatchNorm folded into the preceding conv / linear layer (:func:`~.fold.fold_bn_`);
+* BatchNorm folded into the preceding conv / linear layer (:func:`~.fold.fold_bn_`), and activations
+  whose input nobody else reads run in place (:func:`inplace_activations_`);
 * int8 kernels through ``torch.ao`` (:func:`searchprune.quantize.to_int8`) when every conv / linear
   weight is 8-bit and the model runs on the CPU (torch.ao's int8 kernels are CPU kernels); other bit
   widths have no kernels here and run as float with the rounded weights (an emulation, stated as such);
@@ -19,6 +20,7 @@ structured pruner keeps the nearest multiple) or pad an exported model with :fun
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,7 +34,7 @@ from . import _measure
 from ._measure import DEFAULT_CACHE, LatencyCache, model_device, resolve_bits, signature_key
 from .fold import fold_bn_
 
-__all__ = ["DeployInfo", "deployable", "channels_last_input"]
+__all__ = ["DeployInfo", "deployable", "channels_last_input", "inplace_activations_"]
 
 ChannelsLast = bool | Literal["auto"]
 
@@ -67,6 +69,56 @@ def _to_channels_last(model: nn.Module) -> nn.Module:
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights; int8 packed weights are NHWC already
     model.register_forward_pre_hook(channels_last_input)
     return model
+
+
+_FRESH_MODULES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_INPLACE_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU)
+
+
+def inplace_activations_(model: nn.Module) -> list[str]:
+    """Makes activations whose input nobody else reads run in place (one tensor less per layer).
+
+    Safe by construction on a ``torch.fx`` trace: the activation module is called once, its input
+    comes (through single-use ``nn.Identity`` calls, e.g. folded BatchNorms) from a conv, linear,
+    BatchNorm or an addition, which produce a fresh tensor, and that tensor has no other reader.
+    An untraceable model is left unchanged.
+
+    Returns:
+        The names of the activations switched to in place.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # untraceable forward: no proof that the input is not read again
+        return []
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+
+    def fresh(node: object) -> bool:
+        while isinstance(node, torch.fx.Node) and len(node.users) == 1:
+            if node.op == "call_function":
+                return node.target in (operator.add, torch.add) and not node.kwargs
+            if node.op != "call_module":
+                return False
+            mod = modules[str(node.target)]
+            if isinstance(mod, _FRESH_MODULES):
+                return True
+            if not isinstance(mod, nn.Identity) or not node.args:
+                return False
+            node = node.args[0]
+        return False
+
+    done = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[str(node.target)] != 1 or not node.args:
+            continue
+        mod = modules[str(node.target)]
+        if isinstance(mod, _INPLACE_ACTS) and hasattr(mod, "inplace") and fresh(node.args[0]):
+            mod.inplace = True
+            done.append(str(node.target))
+    return done
 
 
 def deployable(
@@ -120,6 +172,7 @@ def deployable(
         else:
             base = fold_bn_(copy.deepcopy(model))
             folded = tuple(getattr(base, "folded_bn"))
+            inplace_activations_(base)
     use_cl, measured = bool(channels_last), None
     if channels_last == "auto":
         assert key is not None

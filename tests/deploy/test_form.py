@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, QuantConfig
 from searchprune.deploy import LatencyCache, _measure, deployable
+from searchprune.deploy.form import inplace_activations_
 from searchprune.errors import ConfigError
 from searchprune.models import create_model
 from searchprune.prune import prune_
@@ -124,3 +125,37 @@ def test_bad_settings_are_refused() -> None:
         deployable(model, example_input=x, channels_last="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="quant_bits"):
         deployable(model, example_input=x, quant_bits=1)
+
+
+class _ReadsTwice(nn.Module):
+    """ReLUs whose input is read again (the sum, the caller's tensor) must not run in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.relu_in = nn.ReLU()
+        self.relu_shared = nn.ReLU()
+        self.relu_ok = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu_in(x)  # x belongs to the caller
+        z = self.conv(y)
+        w = self.relu_shared(z) + z
+        return self.relu_ok(self.bn(w))
+
+
+def test_only_activations_of_unread_fresh_tensors_run_in_place() -> None:
+    model = _ReadsTwice().eval()
+    x = torch.randn(2, 3, 8, 8)
+    keep = x.clone()
+    with torch.no_grad():
+        ref = model(x)
+        form = deployable(model, example_input=x, channels_last=False)
+        out = form(x)
+    assert [n for n, m in form.named_modules() if getattr(m, "inplace", False)] == ["relu_ok"]
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x, keep)  # the caller's input is untouched
+    resnet = _resnet()
+    names = inplace_activations_(copy.deepcopy(resnet))
+    assert "relu" in names and "layer1.0.relu2" in names  # after the stem's BN, after a residual sum
