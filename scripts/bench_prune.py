@@ -9,7 +9,9 @@ dense deployed, -30% raw, ...), so drift on a shared machine hits them alike.
 
 Reported per network: effective MACs, the MAC ratio dense / pruned (the ideal speedup), and for
 each form the median latency, the speedup over the dense network *in the same form* and
-speedup / MAC ratio (1.0 = the whole MAC saving shows up as time); ``deploy/raw`` is how much
+speedup / MAC ratio (1.0 = the whole MAC saving shows up as time); ``ACTr`` is the ratio of activation entries
+written by the conv / linear layers (memory traffic falls with channels, MACs with their square);
+``deploy/raw`` is how much
 faster the deployed form of the same network is. Where a deployed network misses 0.8 x its MAC
 ratio, the per-layer times of dense and pruned (deployed, NCHW/NHWC as chosen) say where.
 
@@ -79,6 +81,21 @@ def networks(name: str, sparsities: list[float], round_tos: list[int]) -> list[t
     return out
 
 
+def activation_entries(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Entries per image written by the conv / linear layers (out channels x output positions).
+
+    Memory traffic of activations (and of the elementwise ops on them) falls with the channel count,
+    MACs with its square: where the speedup sits between this ratio and the MAC ratio, the pruned
+    network is bound by memory traffic rather than by multiply-adds.
+    """
+    modules = dict(model.named_modules())
+    total = 0
+    for n, c in layer_costs(model, shape).items():
+        w = modules[n].weight
+        total += int(w.shape[0]) * c.out_positions
+    return total
+
+
 def layer_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
     """Median ms per conv / linear layer (forward hooks around each call)."""
     starts: dict[str, float] = {}
@@ -109,6 +126,7 @@ def bench_model(name: str, sparsities: list[float], *, repeats: int, batch: int,
     shape, _ = MODELS[name]
     nets = networks(name, sparsities, round_tos)
     macs = [count_macs(m, shape) for _, m in nets]
+    acts = [activation_entries(m, shape) for _, m in nets]
     x = torch.rand(batch, *shape)
     cache = LatencyCache()
     forms: list[tuple[int, str, nn.Module]] = []  # (network index, form, module)
@@ -126,7 +144,8 @@ def bench_model(name: str, sparsities: list[float], *, repeats: int, batch: int,
     med = {(forms[j][0], forms[j][1]): statistics.median(times[j]) * 1e3 for j in range(len(forms))}
     rows = []
     for i, (label, _) in enumerate(nets):
-        row: dict = {"model": name, "label": label, "macs": macs[i], "mac_ratio": macs[0] / macs[i]}
+        row: dict = {"model": name, "label": label, "macs": macs[i], "mac_ratio": macs[0] / macs[i],
+                     "act_ratio": acts[0] / acts[i]}
         for form in ("raw", "deploy"):
             row[f"{form}_ms"] = med[(i, form)]
             row[f"{form}_speedup"] = med[(0, form)] / med[(i, form)]
@@ -175,7 +194,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats} "
           f"rounds; speedups against the dense network in the same form")
-    head = (f"{'model':<9} {'channels':>9} {'MMACs':>7} {'MACr':>5} | {'raw ms':>7} {'speedup':>7} {'/MACr':>5} | "
+    head = (f"{'model':<9} {'channels':>9} {'MMACs':>7} {'MACr':>5} {'ACTr':>4} | "
+            f"{'raw ms':>7} {'speedup':>7} {'/MACr':>5} | "
             f"{'deploy ms':>9} {'speedup':>7} {'/MACr':>5} {'NHWC':>4} | {'dep/raw':>7}")
     print(head)
     print("-" * len(head))
@@ -183,7 +203,8 @@ def main() -> None:
     for name in args.models:
         for r in bench_model(name, args.sparsities, repeats=args.repeats, batch=args.batch,
                              round_tos=args.round_to):
-            print(f"{r['model']:<9} {r['label']:>9} {r['macs'] / 1e6:>7.2f} {r['mac_ratio']:>5.2f} | "
+            print(f"{r['model']:<9} {r['label']:>9} {r['macs'] / 1e6:>7.2f} {r['mac_ratio']:>5.2f} "
+                  f"{r['act_ratio']:>4.1f} | "
                   f"{r['raw_ms']:>7.2f} {r['raw_speedup']:>6.2f}x {r['raw_eff']:>5.2f} | "
                   f"{r['deploy_ms']:>9.2f} {r['deploy_speedup']:>6.2f}x {r['deploy_eff']:>5.2f} "
                   f"{'yes' if r['channels_last'] else 'no':>4} | {r['deploy_vs_raw']:>6.2f}x")
