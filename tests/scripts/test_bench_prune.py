@@ -39,3 +39,15 @@ def test_rows_relate_each_form_to_its_own_dense(bench: ModuleType) -> None:
         assert pruned[f"{form}_eff"] == pytest.approx(pruned[f"{form}_speedup"] / pruned["mac_ratio"])
         assert pruned[f"{form}_speedup"] == pytest.approx(dense[f"{form}_ms"] / pruned[f"{form}_ms"])
     assert ("reason" in pruned) is (pruned["deploy_eff"] < bench.TARGET)
+
+
+def test_blocked_macs_round_output_channels_up(bench: ModuleType) -> None:
+    from searchprune.macs import count_dense_macs
+
+    (_, dense), (_, pruned) = bench.networks("cnn8", [0.3], [1])
+    shape = (1, 28, 28)
+    assert bench.blocked_macs(pruned, shape, 1) == count_dense_macs(pruned, shape)
+    # conv1 keeps 22 of 32 channels: counted as 32 in blocks of 16, so no saving on its outputs
+    assert pruned.conv1.out_channels == 22
+    assert bench.blocked_macs(pruned, shape, 16) > count_dense_macs(pruned, shape)
+    assert bench.blocked_macs(dense, shape, 16) == count_dense_macs(dense, shape) + 6 * 128  # fc2: 10 -> 16 rows
