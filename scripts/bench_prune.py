@@ -40,7 +40,7 @@ from torch import nn
 
 from searchprune.config import PruneConfig
 from searchprune.deploy import LatencyCache, deployable
-from searchprune.macs import count_macs, layer_costs
+from searchprune.models.macs import count_macs, layer_costs
 from searchprune.models import create_model
 from searchprune.prune import prune_
 

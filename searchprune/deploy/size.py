@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
-from ..macs import count_dense_macs
+from ..models.macs import count_dense_macs
 from ..quantize import QUANTIZABLE, WeightFakeQuant, layer_bitwidths
 
 __all__ = ["FORMATS", "LayerStorage", "layer_storage", "size_bytes", "dense_macs", "weight_storage_bits"]
