@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,10 +128,48 @@ def _plan(cfg: TrainConfig, loader: Iterable[Any]) -> tuple[int, int]:
     return per_epoch, math.floor(cfg.epochs * per_epoch + 0.5)
 
 
+def _pause_steps(pause_at: Sequence[float], per_epoch: int, total: int,
+                 on_pause: Callable[[int, float], None] | None) -> dict[int, int]:
+    """``{batches done: pause index}`` for the ``pause_at`` epoch budgets (rounded like ``cfg.epochs``)."""
+    if not pause_at:
+        return {}
+    if on_pause is None:
+        raise ConfigError("train_: pause_at needs an on_pause callback")
+    budgets = [float(b) for b in pause_at]
+    if any(b <= 0 or not math.isfinite(b) for b in budgets) or budgets != sorted(set(budgets)):
+        raise ConfigError(f"train_: pause_at = {list(pause_at)}: expected increasing epoch budgets > 0")
+    out: dict[int, int] = {}
+    for i, b in enumerate(budgets):
+        step = math.floor(b * per_epoch + 0.5)
+        if step >= total:
+            break  # at or past the end of the run: the run's end is the measurement
+        if step < 1:
+            raise ConfigError(f"train_: pause_at[{i}] = {b:g} epochs rounds to 0 of the {per_epoch} batches "
+                              "per epoch: expected at least one batch")
+        if step in out:
+            raise ConfigError(f"train_: pause_at {list(pause_at)}: two budgets round to batch {step} "
+                              f"({per_epoch} batches per epoch)")
+        out[step] = i
+    return out
+
+
+def _pause(model: nn.Module, on_pause: Callable[[int, float], None], i: int, epochs_done: float) -> None:
+    """Calls ``on_pause`` so that training resumes exactly as if it had not paused (RNG and modes kept)."""
+    rng = torch.random.get_rng_state()
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        on_pause(i, epochs_done)
+    finally:
+        torch.random.set_rng_state(rng)
+        for m, training in flags:
+            m.training = training
+
+
 def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig, *,
            threat: ThreatModel, params: Iterable[nn.Parameter] | None = None,
            extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
            epoch_callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+           pause_at: Sequence[float] = (), on_pause: Callable[[int, float], None] | None = None,
            progress: bool = False, precision: Precision = "fp32") -> list[dict[str, float]]:
     """Trains ``model`` in place with ``cfg``'s recipe, optimizer and schedule.
 
@@ -148,7 +186,15 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
         extra_loss: ``extra_loss(model) -> scalar`` added to every batch's loss (an in-train MAC
             penalty, say); the reported loss includes it.
         epoch_callback: ``epoch_callback(epoch, record)`` after each epoch; returning True stops
-            training early (a multi-fidelity gate may also raise).
+            training early.
+        pause_at: epoch budgets (fractions allowed, increasing; those at or past the run's end are
+            ignored) at which training
+            pauses inside the one run: ``on_pause(i, epochs_done)`` is called after the batch that
+            completes budget ``i`` (``epochs_done`` = batches run / batches per epoch), then training
+            continues with the same optimizer state and the same schedule, so pausing changes nothing
+            the training computes (the global RNG state is restored after the callback, and the model's
+            train mode). Successive halving measures a trial here and may stop it by raising.
+        on_pause: the callback for ``pause_at`` (required when ``pause_at`` is given).
         progress: show a tqdm bar with the running loss and accuracy.
         precision: "fp32", or "bf16" to run forward passes (and training-time attacks) under
             bfloat16 autocast: about 2x faster on CPUs with AVX-512 bf16.
@@ -167,6 +213,7 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     if cfg.optimizer not in _OPTIMIZERS:
         raise ConfigError(f"train.optimizer: expected one of {', '.join(_OPTIMIZERS)}, got {cfg.optimizer!r}")
     per_epoch, total = _plan(cfg, loader)
+    pauses = _pause_steps(pause_at, per_epoch, total, on_pause)
     if total == 0:
         return []
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -213,6 +260,9 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
                     done += 1
                     step += 1
                     bar.update(1)
+                    if step in pauses:
+                        assert on_pause is not None
+                        _pause(model, on_pause, pauses[step], step / per_epoch)
                     if progress:
                         bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / images:.4f}",
                                         acc=f"{int(correct) / images:.3f}", lr=f"{lr:.2e}")
