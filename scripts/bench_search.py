@@ -277,8 +277,8 @@ def run_baselines(base_cfg: StudyConfig, out: Path, entries: Sequence[str],
                           "prune.allocation": "global", **params}
             label = entry if "@" in entry or entry == "dense" else f"{entry}@{params['prune.sparsity']:g}"
             queue.append((label, params))
-    # no multi-fidelity gate: each recipe is measured in full (the study's constraints still apply)
-    cfg = build(StudyConfig, {**to_dict(cfg), "n_trials": len(queue), "gate": {"enabled": False}})
+    # no successive halving: each recipe is measured in full (the study's constraints still apply)
+    cfg = build(StudyConfig, {**to_dict(cfg), "n_trials": len(queue), "pruner": {"name": "none"}})
     storage = f"sqlite:///{out / 'baselines.db'}"
     if cfg.name not in optuna.get_all_study_names(make_storage(storage)):
         study = create_study(cfg, storage=storage)

@@ -3,8 +3,11 @@
 ``run_trial(params, ctx)`` is plain PyTorch with no Optuna in sight, so the same code runs live
 inside a study (``space.suggest`` makes the params), replays a stored trial for export, and runs
 in a unit test with hand-written params. Progress leaves through the optional ``report``
-callback; a multi-fidelity gate leaves through :class:`TrialGated`, which the study turns into
-``optuna.TrialPruned``. Nothing here writes files: the result carries the trial's model, and
+callback. Successive halving enters through ``rungs`` and ``on_rung``: fine-tuning pauses at each
+rung budget inside one continuing run (same model, optimizer and schedule), the trial is measured
+cheaply (``ctx.rung_n_eval`` images, ``ctx.rung_pgd_steps`` PGD steps) and ``on_rung`` sees the
+metrics; whatever it raises (the study's ``optuna.TrialPruned``) ends the trial, and passes through
+here untouched. Nothing here writes files: the result carries the trial's model, and
 :func:`checkpoint_metadata` the record a caller saves with it
 (:class:`searchprune.search.objective.Objective` does, for a study).
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,25 +31,20 @@ from torch import nn
 from ._torch import count_params, seed_everything
 from .attacks import accuracy_on_batches, evaluate, transfer_examples
 from .attacks.masking import CheckBudget, masking_checks
-from .config import EvalConfig, GateConfig, ThreatModel, TrialParams, to_dict
+from .config import EvalConfig, ThreatModel, TrialParams, to_dict
 from .data import BatchLoader, Splits
 from .models.macs import count_dense_macs, count_macs
 from .prune import prune_
 from .quantize import count_bitops, model_size_bytes, quantize_
 from .train import train_
 
-__all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics", "checkpoint_metadata"]
+__all__ = ["TrialContext", "TrialResult", "run_trial", "StageMetrics", "checkpoint_metadata", "OnRung",
+           "rung_threat"]
 
 Report = Callable[[str, Mapping[str, Any]], None]
-
-
-class TrialGated(Exception):
-    """Raised when a trial falls below the multi-fidelity gate after its short fine-tune."""
-
-    def __init__(self, reason: str, metrics: Mapping[str, float]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.metrics = dict(metrics)
+OnRung = Callable[[int, float, Mapping[str, float]], None]
+"""``on_rung(k, epochs_done, metrics)``: called at rung ``k``; metrics ``clean_acc``, ``robust_acc``,
+``pgd_acc`` (fractions), ``macs``, ``bitops``, ``n_eval``; it may raise to stop the trial."""
 
 
 @dataclass
@@ -57,6 +55,8 @@ class TrialContext:
         base_model: the dense model; each trial works on a deep copy.
         base_meta: the base checkpoint's ``model`` and ``dataset`` records (for trial checkpoints).
         cache_dir: where expensive per-base-model results (MRS scores) are cached.
+        rung_n_eval: validation images measured at a successive-halving rung (None: ``eval.n_stage_eval``).
+        rung_pgd_steps: PGD steps at a rung (None: the threat model's).
     """
 
     base_model: nn.Module
@@ -64,10 +64,11 @@ class TrialContext:
     splits: Splits
     threat: ThreatModel
     eval: EvalConfig = field(default_factory=EvalConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     eval_batch_size: int = 256
     cache_dir: Path | None = None
+    rung_n_eval: int | None = None
+    rung_pgd_steps: int | None = None
     # transfer examples crafted once on the dense model, reused by every trial: (x_adv, y) batches
     _transfer: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
@@ -153,39 +154,53 @@ def _stage(model: nn.Module, ctx: TrialContext) -> StageMetrics:
     return StageMetrics(clean_acc=res.clean, pgd_acc=res.robust["pgd"])
 
 
-def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: Report) -> None:
-    """Fine-tunes with the trial's recipe; with the gate on, the first ``gate.epochs`` run first
-    and the trial stops early (TrialGated) if it is below the floors."""
+def rung_threat(threat: ThreatModel, steps: int | None) -> ThreatModel:
+    """The threat model of a cheap rung measurement: ``steps`` PGD steps (None: unchanged), with the step
+    size raised to ``2.5 * eps / steps`` where the study's would not reach the ball's surface."""
+    if steps is None or steps >= threat.steps:
+        return threat
+    return dataclasses.replace(threat, steps=steps, alpha=max(threat.alpha, 2.5 * threat.eps / steps))
+
+
+def _rung_metrics(model: nn.Module, ctx: TrialContext) -> dict[str, float]:
+    n = ctx.rung_n_eval if ctx.rung_n_eval is not None else ctx.eval.n_stage_eval
+    res = evaluate(model, ctx.val_loader(n), rung_threat(ctx.threat, ctx.rung_pgd_steps), attacks=("pgd",))
+    pgd = res.robust["pgd"]
+    return {"clean_acc": res.clean, "robust_acc": pgd, "pgd_acc": pgd, "n_eval": float(res.n),
+            "macs": float(count_macs(model, ctx.input_shape)), "bitops": float(count_bitops(model, ctx.input_shape))}
+
+
+def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: Report,
+              rungs: Sequence[float], on_rung: OnRung | None) -> None:
+    """Fine-tunes with the trial's recipe in one run; at each rung budget below the run's length it pauses,
+    measures and calls ``on_rung`` (which may raise), then the same run continues."""
     cfg = params.finetune
     assert cfg is not None
-    loader = ctx.train_loader(cfg.batch_size, seed=cfg.seed)
-    gate = ctx.gate
-    if gate.enabled and cfg.epochs > gate.epochs:
-        train_(model, loader, dataclasses.replace(cfg, epochs=gate.epochs), threat=ctx.threat)
-        m = _stage(model, ctx)
-        report("gate", dataclasses.asdict(m))
-        if m.clean_acc < gate.min_clean_acc or m.pgd_acc < gate.min_pgd_acc:
-            raise TrialGated(
-                f"after {gate.epochs} epochs of fine-tuning: clean {m.clean_acc:.3f} (floor {gate.min_clean_acc}), "
-                f"PGD {m.pgd_acc:.3f} (floor {gate.min_pgd_acc})",
-                dataclasses.asdict(m),
-            )
-        # The rest of the budget; the schedule restarts, which is exact for the constant schedule.
-        cfg = dataclasses.replace(cfg, epochs=cfg.epochs - gate.epochs, seed=cfg.seed + 1)
-        loader = ctx.train_loader(cfg.batch_size, seed=cfg.seed)
-    train_(model, loader, cfg, threat=ctx.threat)
+
+    def pause(k: int, epochs_done: float) -> None:
+        assert on_rung is not None
+        m = _rung_metrics(model, ctx)
+        report(f"rung_{k}", m)
+        on_rung(k, epochs_done, m)
+
+    pause_at = tuple(rungs) if on_rung is not None else ()
+    train_(model, ctx.train_loader(cfg.batch_size, seed=cfg.seed), cfg, threat=ctx.threat,
+           pause_at=pause_at, on_pause=pause if pause_at else None)
 
 
-def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None) -> TrialResult:
+def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None,
+              rungs: Sequence[float] = (), on_rung: OnRung | None = None) -> TrialResult:
     """Runs one trial on a copy of the base model and measures it.
 
     Args:
         params: what to do (pruning, fine-tuning, quantization, seed).
         ctx: the study's shared data, base model and threat model.
         report: optional ``report(event, payload)`` callback for progress.
-
-    Raises:
-        TrialGated: the gate stopped the trial after its short fine-tune.
+        rungs: increasing fine-tuning budgets in epochs (fractions allowed) at which the trial is measured
+            and ``on_rung`` called; budgets at or past the trial's own ``finetune.epochs`` are skipped (its
+            final measurement is the study's full evaluation).
+        on_rung: ``on_rung(k, epochs_done, metrics)`` at rung ``k`` (see :data:`OnRung`); an exception it
+            raises ends the trial and propagates unchanged.
     """
     report = report or (lambda event, payload: None)
     t0 = time.perf_counter()
@@ -208,7 +223,7 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
     if qmode == "qat":
         quantize_(model, params.quant, calib_loader=calib)
     if params.finetune is not None and params.finetune.epochs > 0:
-        _finetune(model, params, ctx, report)
+        _finetune(model, params, ctx, report, rungs, on_rung)
         if ctx.eval.stagewise:
             stages["finetune"] = _stage(model, ctx)
             report("finetune", dataclasses.asdict(stages["finetune"]))

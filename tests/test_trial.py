@@ -12,7 +12,6 @@ from searchprune.checkpoint import load_checkpoint, save_checkpoint
 from searchprune.config import (
     DataConfig,
     EvalConfig,
-    GateConfig,
     PruneConfig,
     QuantConfig,
     ThreatModel,
@@ -23,7 +22,7 @@ from searchprune.data import BatchLoader, make_splits
 from searchprune.models import create_model
 from searchprune.prune import get_method, list_methods
 from searchprune.train import train_
-from searchprune.trial import TrialContext, TrialGated, checkpoint_metadata, run_trial
+from searchprune.trial import TrialContext, checkpoint_metadata, run_trial, rung_threat
 
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=3, random_start=False)
 META = {"model": {"arch": "mnist_small", "factory": None, "kwargs": {}},
@@ -108,13 +107,47 @@ def test_base_model_is_untouched(base):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_gate_stops_a_hopeless_trial(base):
+class _Stop(Exception):
+    pass
+
+
+def test_rungs_measure_inside_one_fine_tuning_run(base):
+    """A trial that passes every rung ends exactly where the uninterrupted trial ends (no rung paid twice)."""
+    params = TrialParams(prune=PruneConfig(sparsity=0.7), finetune=TrainConfig(recipe="fast", epochs=2.0, lr=0.02,
+                                                                               schedule="cosine"), seed=2)
+    plain = run_trial(params, _ctx(base))
     ctx = _ctx(base)
-    ctx.gate = GateConfig(enabled=True, epochs=0.1, min_clean_acc=0.99)
+    ctx.rung_n_eval, ctx.rung_pgd_steps = 16, 1
+    calls: list[tuple[int, float, dict[str, float]]] = []
+    rung = run_trial(params, ctx, rungs=(0.25, 0.75, 2.25), on_rung=lambda k, e, m: calls.append((k, e, dict(m))))
+    # 512 train images / 64 = 8 batches per epoch; 2.25 epochs lies past the trial's 2 and is skipped
+    assert [(k, e) for k, e, _ in calls] == [(0, 0.25), (1, 0.75)]
+    for _, _, m in calls:
+        assert m["n_eval"] == 16 and 0 <= m["pgd_acc"] == m["robust_acc"] <= m["clean_acc"] <= 1
+        assert m["macs"] == plain.macs
+    assert (rung.clean_acc, rung.robust_acc, rung.n_eval) == (plain.clean_acc, plain.robust_acc, 64)
+    assert all(torch.equal(v, rung.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+
+
+def test_an_exception_from_on_rung_ends_the_trial(base):
     params = TrialParams(prune=PruneConfig(sparsity=0.95), finetune=TrainConfig(recipe="fast", epochs=1), seed=0)
-    with pytest.raises(TrialGated, match="floor 0.99") as gated:
-        run_trial(params, ctx)
-    assert "clean_acc" in gated.value.metrics
+    seen: list[int] = []
+
+    def on_rung(k, epochs_done, metrics):
+        seen.append(k)
+        if metrics["clean_acc"] < 0.99:
+            raise _Stop(f"rung {k}: clean {metrics['clean_acc']:.3f}")
+
+    with pytest.raises(_Stop, match="rung 0"):
+        run_trial(params, _ctx(base), rungs=(0.25, 0.5), on_rung=on_rung)
+    assert seen == [0]
+
+
+def test_rung_threat_is_cheaper_and_still_reaches_the_ball():
+    t = ThreatModel(eps=0.05, alpha=0.005, steps=20)
+    cheap = rung_threat(t, 4)
+    assert cheap.steps == 4 and cheap.alpha * cheap.steps >= 2 * t.eps and cheap.eps == t.eps
+    assert rung_threat(t, None) is t and rung_threat(t, 50) is t
 
 
 def test_transfer_examples_attack_the_dense_model(base):

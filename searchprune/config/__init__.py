@@ -28,8 +28,8 @@ from .core import (
 )
 from .study import (
     ConstraintConfig,
-    GateConfig,
     ParamSpec,
+    PrunerConfig,
     SamplerConfig,
     StudyConfig,
     TrainRunConfig,
@@ -39,7 +39,7 @@ from .study import (
 
 __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
-    "EvalConfig", "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults",
+    "EvalConfig", "ParamSpec", "SamplerConfig", "PrunerConfig", "ConstraintConfig", "TrialDefaults",
     "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml",
     "build", "to_dict", "load_study_config",
 ]

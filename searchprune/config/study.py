@@ -1,4 +1,4 @@
-"""Study configs: the search space, sampler, gate, constraints and the whole :class:`StudyConfig`,
+"""Study configs: the search space, sampler, pruner, constraints and the whole :class:`StudyConfig`,
 plus ``searchprune train --config``'s :class:`TrainRunConfig`. No torch here.
 """
 
@@ -14,7 +14,7 @@ from ._build import _check, _frozen_map, build, load_yaml
 from .core import DataConfig, EvalConfig, ModelConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig
 
 __all__ = [
-    "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults", "StudyConfig", "TrainRunConfig",
+    "ParamSpec", "SamplerConfig", "PrunerConfig", "ConstraintConfig", "TrialDefaults", "StudyConfig", "TrainRunConfig",
     "load_study_config",
 ]
 
@@ -103,22 +103,68 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
-class GateConfig:
-    """Multi-fidelity gate: after ``epochs`` of fine-tuning, prune the trial if it is below a floor.
+class PrunerConfig:
+    """Early stopping by successive halving over rungs of fine-tuning budget (``pruner:`` in YAML).
 
-    Optuna's pruners refuse multi-objective studies, so the trial raises ``optuna.TrialPruned``
-    itself with the reason stored.
+    ``name: mo_asha`` runs multi-objective asynchronous successive halving
+    (:mod:`searchprune.search.pruner`): a trial fine-tunes rung by rung (budgets
+    ``min_epochs * eta**k`` below ``max_epochs``, one continuing run), is measured at each rung on
+    ``rung_n_eval`` validation images with ``rung_pgd_steps`` PGD steps, and continues only while it
+    ranks in the top ``1/eta`` of the trials that reached the rung (non-dominated sorting, hypervolume
+    contribution breaks ties). ``floors`` add absolute minimums checked at every rung (the old fixed
+    ``gate`` is ``floors`` with ``min_trials_per_rung`` above the study's trial count). The last
+    measurement is always the study's full evaluation. ``name: none`` runs every trial in full.
+
+    Attributes:
+        min_epochs: fine-tuning epochs at the first rung (fractions allowed).
+        eta: reduction factor (integer >= 2).
+        max_epochs: the full fine-tuning budget; rungs lie strictly below it.
+        min_trials_per_rung: trials a rung needs before it ranks (None: ``eta``).
+        floors: ``{metric: minimum}`` over ``clean_acc``, ``robust_acc``, ``pgd_acc``: a trial below one at
+            any rung is pruned whatever its rank.
+        rung_n_eval: validation images measured at a rung (None: ``eval.n_stage_eval``).
+        rung_pgd_steps: PGD steps at a rung (None: the study's ``threat.steps``).
     """
 
-    enabled: bool = False
-    epochs: float = 0.25
-    min_clean_acc: float = 0.0
-    min_pgd_acc: float = 0.0
+    name: Literal["none", "mo_asha"] = "none"
+    min_epochs: float = 0.25
+    eta: int = 3
+    max_epochs: float = 3.0
+    min_trials_per_rung: int | None = None
+    floors: Mapping[str, float] = field(default_factory=dict)
+    rung_n_eval: int | None = None
+    rung_pgd_steps: int | None = None
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "gate.epochs", f"expected > 0, got {self.epochs}")
-        for n in ("min_clean_acc", "min_pgd_acc"):
-            _check(0 <= getattr(self, n) <= 1, f"gate.{n}", f"expected an accuracy in [0, 1], got {getattr(self, n)}")
+        object.__setattr__(self, "floors", _frozen_map(self.floors))
+        _check(self.name in ("none", "mo_asha"), "pruner.name",
+               f"unknown pruner {self.name!r}; expected one of: mo_asha, none")
+        _check(self.eta >= 2, "pruner.eta", f"expected an integer >= 2, got {self.eta}")
+        _check(self.min_epochs > 0, "pruner.min_epochs", f"expected a number of epochs > 0, got {self.min_epochs}")
+        _check(self.max_epochs > self.min_epochs, "pruner.max_epochs",
+               f"expected > min_epochs ({self.min_epochs}), got {self.max_epochs}")
+        _check(self.min_trials_per_rung is None or self.min_trials_per_rung >= 1, "pruner.min_trials_per_rung",
+               f"expected an integer >= 1 or null, got {self.min_trials_per_rung}")
+        for k, v in self.floors.items():
+            _check(k in ("clean_acc", "robust_acc", "pgd_acc"), f"pruner.floors.{k}",
+                   "unknown metric; expected one of: clean_acc, pgd_acc, robust_acc")
+            _check(isinstance(v, (int, float)) and 0 <= v <= 1, f"pruner.floors.{k}",
+                   f"expected an accuracy in [0, 1], got {v!r}")
+        _check(self.rung_n_eval is None or self.rung_n_eval >= 1, "pruner.rung_n_eval",
+               f"expected >= 1 images or null, got {self.rung_n_eval}")
+        _check(self.rung_pgd_steps is None or self.rung_pgd_steps >= 1, "pruner.rung_pgd_steps",
+               f"expected >= 1 steps or null, got {self.rung_pgd_steps}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+
+def _parse_gate(raw: Any, path: str) -> None:
+    if raw is None:
+        return None
+    raise ConfigError(f"{path}: the fixed gate is retired; use `pruner: {{name: mo_asha, min_epochs: ..., "
+                      f"floors: {{clean_acc: ...}}}}` (successive halving with optional absolute floors)")
 
 
 @dataclass(frozen=True)
@@ -171,7 +217,8 @@ class StudyConfig:
     space: Mapping[str, ParamSpec] = field(default_factory=dict, metadata={"parse": _parse_space})
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    gate: None = field(default=None, metadata={"parse": _parse_gate})  # retired: names its replacement
     cost: Literal["macs", "bitops"] = "macs"
     baselines: tuple[str, ...] = ()
     n_trials: int = 10

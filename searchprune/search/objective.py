@@ -8,7 +8,7 @@ and uploads both as Optuna artifacts when the study has an artifact directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from ..checkpoint import save_checkpoint
 from ..config import StudyConfig, TrialParams, to_dict
 from ..data import Splits, make_splits
 from ..prune import prunable_layers
-from ..trial import TrialContext, TrialGated, TrialResult, checkpoint_metadata, run_trial
+from ..trial import TrialContext, TrialResult, checkpoint_metadata, run_trial
+from .pruner import from_config
 from .space import suggest_params
 
 __all__ = ["Objective", "build_context", "ensure_base_model", "prunable_layer_names"]
@@ -56,8 +57,9 @@ def build_context(cfg: StudyConfig, *, device: str | None = None,
     model, meta = ensure_base_model(cfg, splits, dev, progress=progress)
     return TrialContext(
         base_model=model.to(dev).eval(), base_meta={k: meta[k] for k in ("model", "dataset")}, splits=splits,
-        threat=cfg.threat, eval=cfg.eval, gate=cfg.gate, device=dev, eval_batch_size=cfg.data.eval_batch_size,
-        cache_dir=cfg.out_path.resolve() / "cache",
+        threat=cfg.threat, eval=cfg.eval, device=dev, eval_batch_size=cfg.data.eval_batch_size,
+        cache_dir=cfg.out_path.resolve() / "cache", rung_n_eval=cfg.pruner.rung_n_eval,
+        rung_pgd_steps=cfg.pruner.rung_pgd_steps,
     )
 
 
@@ -91,6 +93,7 @@ class Objective:
         if artifact_dir:
             Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         self.layer_names = prunable_layer_names(cfg, ctx)
+        self.pruner = from_config(cfg.pruner, log=log)  # successive halving (None: every trial runs in full)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         # a heartbeat retry inherits the killed trial's user attrs: rerun it with the same seed
@@ -99,13 +102,18 @@ class Objective:
         try:
             params = suggest_params(trial, self.cfg.space, self.cfg.defaults, seed=seed,
                                     layer_names=self.layer_names)
-            result = run_trial(params, self.ctx)
-        except TrialGated as g:
-            trial.set_user_attr("pruned_reason", g.reason)
-            for k, v in g.metrics.items():
-                trial.set_user_attr(f"gate_{k}", v)
-            self.log(f"trial {trial.number} gated: {g.reason}")
-            raise optuna.TrialPruned(g.reason) from None
+            if self.pruner is None:
+                result = run_trial(params, self.ctx)
+            else:
+                reporter = self.pruner.reporter(trial)
+                cost = self.cfg.cost
+
+                def on_rung(k: int, epochs_done: float, metrics: Mapping[str, float]) -> None:
+                    reporter(k, epochs_done, {**metrics, "cost": metrics[cost]})
+
+                result = run_trial(params, self.ctx, rungs=self.pruner.rungs, on_rung=on_rung)
+        except optuna.TrialPruned:
+            raise  # the reporter stored the rung metrics and pruned_reason; not a failure
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
             self.log(f"trial {trial.number} failed: {type(e).__name__}: {e}")

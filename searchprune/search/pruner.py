@@ -51,12 +51,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from ..config import PrunerConfig
 from ..errors import ConfigError
 from .hypervolume import hypervolume_contributions, non_dominated_sort, to_minimization
 
@@ -67,6 +69,7 @@ __all__ = [
     "MOASHAPruner",
     "OnRung",
     "RungReporter",
+    "from_config",
     "promote",
     "rung_records",
 ]
@@ -94,6 +97,8 @@ class MOASHAConfig:
             there is promoted unconditionally; ``None`` means ``eta``.
         objectives: metric names ranked at each rung, in order.
         directions: ``"maximize"``/``"minimize"`` per objective.
+        floors: ``{metric: minimum}``: a trial with a rung metric below its floor is pruned whatever its rank
+            (the absolute floor of a fixed gate, checked at every rung).
     """
 
     min_epochs: float = 0.25
@@ -102,8 +107,13 @@ class MOASHAConfig:
     min_trials_per_rung: int | None = None
     objectives: tuple[str, ...] = OBJECTIVES
     directions: tuple[str, ...] = DIRECTIONS
+    floors: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "floors", MappingProxyType(dict(self.floors)))
+        for key, v in self.floors.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"pruner.floors.{key} = {v!r}: expected a number")
         if isinstance(self.eta, bool) or not isinstance(self.eta, int) or self.eta < 2:
             raise ConfigError(f"pruner.eta = {self.eta!r}: expected an integer >= 2")
         if not (isinstance(self.min_epochs, (int, float)) and math.isfinite(self.min_epochs) and self.min_epochs > 0):
@@ -136,6 +146,17 @@ class MOASHAConfig:
     def min_trials(self) -> int:
         """Trials a rung needs before it prunes anyone (``min_trials_per_rung``, default ``eta``)."""
         return self.eta if self.min_trials_per_rung is None else self.min_trials_per_rung
+
+
+def from_config(cfg: PrunerConfig, *, log: Callable[[str], None] | None = None) -> MOASHAPruner | None:
+    """The pruner a study's ``pruner:`` section asks for; None for ``name: none``."""
+    if cfg.name == "none":
+        return None
+    if cfg.name != "mo_asha":
+        raise ConfigError(f"pruner.name: unknown pruner {cfg.name!r}; expected one of: mo_asha, none")
+    return MOASHAPruner(MOASHAConfig(min_epochs=float(cfg.min_epochs), eta=int(cfg.eta),
+                                     max_epochs=float(cfg.max_epochs), min_trials_per_rung=cfg.min_trials_per_rung,
+                                     floors=dict(cfg.floors)), log=log)
 
 
 def _rank_split_front(vecs: np.ndarray, numbers: list[int], ref: np.ndarray) -> list[int]:
@@ -297,7 +318,7 @@ class RungReporter:
         rungs = cfg.rungs
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(rungs):
             raise ConfigError(f"rung {k!r}: expected an index 0..{len(rungs) - 1} (rungs {list(rungs)} epochs)")
-        missing = [name for name in cfg.objectives if name not in metrics]
+        missing = [name for name in (*cfg.objectives, *cfg.floors) if name not in metrics]
         if missing:
             raise ConfigError(f"rung {k} metrics {sorted(metrics)}: missing objective(s) {missing}")
         values = tuple(float(metrics[name]) for name in cfg.objectives)
@@ -309,6 +330,10 @@ class RungReporter:
         for key in [*extras, *cfg.objectives]:  # objectives last: a record counts once all of them are there
             trial.set_user_attr(f"rung_{k}_{key}", float(metrics[key]))
         ok, reason, peers = self.pruner.decide(self.study, (trial.number, values), k)
+        below = [f"{key} {float(metrics[key]):.4g} < floor {floor:g}" for key, floor in cfg.floors.items()
+                 if float(metrics[key]) < floor]
+        if below:
+            ok, reason = False, f"below the absolute floor: {', '.join(below)}"
         trial.set_user_attr(f"rung_{k}_seen", len(peers) + 1)
         trial.set_user_attr(f"rung_{k}_peers", peers)
         trial.set_user_attr(f"rung_{k}_promoted", ok)

@@ -22,6 +22,7 @@ from ..models import list_models
 from ..prune import check_config, list_methods
 from ..train import list_recipes
 from .baselines import baseline_trials
+from .pruner import from_config
 from .samplers import SAMPLERS, make_sampler
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
 from .storage import default_storage_url, make_storage
@@ -92,6 +93,7 @@ def validate_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     validate_names(cfg)
     validate_space(cfg.space)
     _check_space_configs(cfg)
+    from_config(cfg.pruner)  # the pruner the workers will build (rungs, eta, floors)
     return baseline_trials(cfg)
 
 

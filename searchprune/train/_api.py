@@ -129,8 +129,13 @@ def _plan(cfg: TrainConfig, loader: Iterable[Any]) -> tuple[int, int]:
 
 
 def _pause_steps(pause_at: Sequence[float], per_epoch: int, total: int,
-                 on_pause: Callable[[int, float], None] | None) -> dict[int, int]:
-    """``{batches done: pause index}`` for the ``pause_at`` epoch budgets (rounded like ``cfg.epochs``)."""
+                 on_pause: Callable[[int, float], None] | None) -> dict[int, list[int]]:
+    """``{batches done: [pause indices]}`` for the ``pause_at`` epoch budgets.
+
+    A budget pauses after ``round(budget * per_epoch)`` batches (at least one, rounded like
+    ``cfg.epochs``); budgets that round to the same batch pause there together, in order; budgets at
+    or past the end of the run are dropped (the run's end is the measurement).
+    """
     if not pause_at:
         return {}
     if on_pause is None:
@@ -138,18 +143,12 @@ def _pause_steps(pause_at: Sequence[float], per_epoch: int, total: int,
     budgets = [float(b) for b in pause_at]
     if any(b <= 0 or not math.isfinite(b) for b in budgets) or budgets != sorted(set(budgets)):
         raise ConfigError(f"train_: pause_at = {list(pause_at)}: expected increasing epoch budgets > 0")
-    out: dict[int, int] = {}
+    out: dict[int, list[int]] = {}
     for i, b in enumerate(budgets):
-        step = math.floor(b * per_epoch + 0.5)
+        step = max(1, math.floor(b * per_epoch + 0.5))
         if step >= total:
-            break  # at or past the end of the run: the run's end is the measurement
-        if step < 1:
-            raise ConfigError(f"train_: pause_at[{i}] = {b:g} epochs rounds to 0 of the {per_epoch} batches "
-                              "per epoch: expected at least one batch")
-        if step in out:
-            raise ConfigError(f"train_: pause_at {list(pause_at)}: two budgets round to batch {step} "
-                              f"({per_epoch} batches per epoch)")
-        out[step] = i
+            break
+        out.setdefault(step, []).append(i)
     return out
 
 
@@ -260,9 +259,9 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
                     done += 1
                     step += 1
                     bar.update(1)
-                    if step in pauses:
+                    for i in pauses.get(step, ()):
                         assert on_pause is not None
-                        _pause(model, on_pause, pauses[step], step / per_epoch)
+                        _pause(model, on_pause, i, step / per_epoch)
                     if progress:
                         bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / images:.4f}",
                                         acc=f"{int(correct) / images:.3f}", lr=f"{lr:.2e}")

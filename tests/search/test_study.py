@@ -1,4 +1,4 @@
-"""Studies end to end on tiny synthetic data: every sampler, constraints, the gate, baselines, resume.
+"""Studies end to end on tiny synthetic data: every sampler, constraints, pruned trials, baselines, resume.
 
 The base model is trained once per module (``optimize`` trains it when the checkpoint is missing);
 each trial is prune -> a short fine-tune -> PGD-3 on 64 validation images.
@@ -166,12 +166,15 @@ def test_constraints_mark_infeasible_trials(tmp_path, base):
     assert len(grey) == 1 and len(grey[0].x) == len(infeasible)
 
 
-def test_gate_prunes_with_reason(tmp_path, base):
+def test_pruned_trials_count_toward_the_target(tmp_path, base):
+    """A floor below every model prunes each trial at its first rung; pruned trials are finished
+    (the MO-ASHA decisions themselves are tested in test_asha.py)."""
     cfg = tiny_study_config(tmp_path, base, name="gated", n_trials=2,
                             space={"prune.sparsity": {"low": 0.3, "high": 0.9}},
                             defaults={"prune": {"method": "magnitude", "sparsity": 0.5},
                                       "finetune": {"recipe": "fast", "epochs": 1, "lr": 0.02}},
-                            gate={"enabled": True, "epochs": 0.25, "min_pgd_acc": 0.99},
+                            pruner={"name": "mo_asha", "min_epochs": 0.25, "max_epochs": 1,
+                                    "floors": {"pgd_acc": 0.99}},
                             # a strong attack, so no model can reach the 0.99 floor
                             threat={"eps": 0.3, "alpha": 0.1, "steps": 3, "random_start": False})
     create_study(cfg, storage=_url(tmp_path))
@@ -179,12 +182,9 @@ def test_gate_prunes_with_reason(tmp_path, base):
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
     for t in trials:
-        reason = t.user_attrs["pruned_reason"]
-        assert "after 0.25 epochs" in reason and "floor 0.99" in reason
-        assert t.user_attrs["gate_pgd_acc"] < 0.99
+        assert "floor 0.99" in t.user_attrs["pruned_reason"] and t.user_attrs["rung_0_pgd_acc"] < 0.99
         assert t.values is None and "macs" not in t.user_attrs  # stopped before the full measurement
     assert study_summary(study)["by_state"] == {"pruned": 2}
-    # pruned trials are finished: they count toward the target
     assert len(optimize("gated", _url(tmp_path), quiet=True).trials) == 2
 
 

@@ -59,13 +59,13 @@ def test_a_raising_callback_stops_training_and_restores_modes() -> None:
     assert loader.drawn == 2 and not model.training
 
 
-def test_pauses_at_or_past_the_end_are_ignored_and_bad_ones_refused() -> None:
-    calls: list[int] = []
-    train_(_net(), Loader(), TrainConfig(epochs=0.5), threat=THREAT, pause_at=(0.25, 0.5, 2.0),
-           on_pause=lambda i, e: calls.append(i))
-    assert calls == [0]
-    for pause_at, match in [((0.5, 0.25), "increasing"), ((0.01,), "rounds to 0"), ((0.25, 0.26), "two budgets"),
-                            ((-1.0,), "increasing")]:
+def test_pauses_round_to_batches_and_bad_ones_are_refused() -> None:
+    calls: list[tuple[int, float]] = []
+    train_(_net(), Loader(), TrainConfig(epochs=0.5), threat=THREAT, pause_at=(0.01, 0.02, 0.25, 0.5, 2.0),
+           on_pause=lambda i, e: calls.append((i, e)))
+    # 8 batches per epoch: 0.01 and 0.02 both pause after the first batch; 0.5 and 2.0 lie at/after the end
+    assert calls == [(0, 0.125), (1, 0.125), (2, 0.25)]
+    for pause_at, match in [((0.5, 0.25), "increasing"), ((0.25, 0.25), "increasing"), ((-1.0,), "increasing")]:
         with pytest.raises(ConfigError, match=match):
             train_(_net(), Loader(), TrainConfig(epochs=1.0), threat=THREAT, pause_at=pause_at,
                    on_pause=lambda i, e: None)
