@@ -34,7 +34,8 @@ from .attacks.masking import CheckBudget, masking_checks
 from .config import EvalConfig, ThreatModel, TrialParams, to_dict
 from .data import BatchLoader, Splits
 from .models.macs import count_dense_macs, count_macs
-from .prune import prune_
+from .prune import PruneReport, get_method, prune_
+from .prune.cache import StatCache
 from .quantize import count_bitops, model_size_bytes, quantize_
 from .train import train_
 
@@ -54,7 +55,12 @@ class TrialContext:
     Attributes:
         base_model: the dense model; each trial works on a deep copy.
         base_meta: the base checkpoint's ``model`` and ``dataset`` records (for trial checkpoints).
-        cache_dir: where expensive per-base-model results (MRS scores) are cached.
+        cache_dir: where expensive per-base-model results are stored (None: kept in memory only).
+        stat_cache: the :class:`~searchprune.prune.cache.StatCache` every trial of the context shares:
+            scoring statistics (GAP gradients, Hessian/Taylor scores, MRS), transfer examples and whole
+            identical prune steps, computed once (made on ``cache_dir`` when not given).
+        prune_seed: seed of the training-batch order the prune step scores on; the same for every trial,
+            so the statistics computed on those batches are reusable.
         rung_n_eval: validation images measured at a successive-halving rung (None: ``eval.n_stage_eval``).
         rung_pgd_steps: PGD steps at a rung (None: the threat model's).
     """
@@ -69,8 +75,21 @@ class TrialContext:
     cache_dir: Path | None = None
     rung_n_eval: int | None = None
     rung_pgd_steps: int | None = None
-    # transfer examples crafted once on the dense model, reused by every trial: (x_adv, y) batches
-    _transfer: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+    stat_cache: StatCache | None = None
+    prune_seed: int = 0
+    _base_digest: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.stat_cache is None:
+            self.stat_cache = StatCache(self.cache_dir, memory_items=4)
+
+    @property
+    def base_digest(self) -> str:
+        """Hash of the base model's state (computed once: the base is never changed)."""
+        if self._base_digest is None:
+            assert self.stat_cache is not None
+            self._base_digest = self.stat_cache.model_digest(self.base_model)
+        return self._base_digest
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -83,13 +102,22 @@ class TrialContext:
     def val_loader(self, max_images: int | None) -> BatchLoader:
         return BatchLoader(self.splits.val, self.eval_batch_size, device=self.device, max_images=max_images)
 
+    def prune_loader(self) -> BatchLoader:
+        """The training batches the prune step scores on (one order for every trial, see ``prune_seed``)."""
+        return BatchLoader(self.splits.train, 128, shuffle=True, seed=self.prune_seed, device=self.device)
+
     def transfer_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """PGD examples crafted on the dense base model for the evaluation images (cached)."""
-        if self._transfer is None:
+        """PGD examples crafted on the dense base model for the evaluation images (once per base, data
+        and threat model, through the context's cache)."""
+        assert self.stat_cache is not None
+        loader = self.val_loader(self.eval.n_eval)
+
+        def craft() -> list[tuple[torch.Tensor, torch.Tensor]]:
             source = self.base_model.to(self.device).eval()
-            self._transfer = [(transfer_examples(source, x, y, self.threat), y)
-                              for x, y in self.val_loader(self.eval.n_eval)]
-        return self._transfer
+            return [(transfer_examples(source, x, y, self.threat).cpu(), y.cpu()) for x, y in loader]
+
+        parts = {"model": self.base_digest, "data": self.stat_cache.data_digest(loader), "threat": repr(self.threat)}
+        return [(x.to(self.device), y.to(self.device)) for x, y in self.stat_cache.compute("transfer", parts, craft)]
 
 
 @dataclass(frozen=True)
@@ -188,6 +216,27 @@ def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: 
            pause_at=pause_at, on_pause=pause if pause_at else None)
 
 
+def _prune_step(model: nn.Module, params: TrialParams, ctx: TrialContext) -> tuple[nn.Module, PruneReport]:
+    """``prune_`` on the trial's copy; identical steps (same base, data, config, fine-tuning recipe, and
+    seed unless the method is ``seed_free``) are computed once per context (kept in memory: masked models
+    do not pickle)."""
+    loader = ctx.prune_loader()
+    cache = ctx.stat_cache
+
+    def run() -> tuple[nn.Module, PruneReport]:
+        report = prune_(model, params.prune, input_shape=ctx.input_shape, loader=loader, threat=ctx.threat,
+                        train_cfg=params.finetune, cache=cache)
+        return model, report
+
+    if cache is None:
+        return run()
+    seed_free = get_method(params.prune.method).seed_free
+    parts = {"base": ctx.base_digest, "data": cache.data_digest(loader), "prune": to_dict(params.prune),
+             "finetune": to_dict(params.finetune), "threat": repr(ctx.threat),
+             "seed": None if seed_free else params.seed}
+    return cache.compute("prune_step", parts, run, disk=False, seeded=False)
+
+
 def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None,
               rungs: Sequence[float] = (), on_rung: OnRung | None = None) -> TrialResult:
     """Runs one trial on a copy of the base model and measures it.
@@ -210,10 +259,8 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
     calib = ctx.train_loader(128, seed=params.seed)
 
     # 1. prune (data-driven criteria see training batches and the study's threat model)
-    prune_report = prune_(
-        model, params.prune, input_shape=ctx.input_shape, loader=ctx.train_loader(128, seed=params.seed),
-        threat=ctx.threat, train_cfg=params.finetune, cache_dir=ctx.cache_dir,
-    )
+    model, prune_report = _prune_step(model, params, ctx)
+    seed_everything(params.seed)  # what follows draws the same numbers whether the step was cached or not
     if ctx.eval.stagewise:
         stages["prune"] = _stage(model, ctx)
         report("prune", dataclasses.asdict(stages["prune"]))

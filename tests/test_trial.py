@@ -150,6 +150,33 @@ def test_rung_threat_is_cheaper_and_still_reaches_the_ball():
     assert rung_threat(t, None) is t and rung_threat(t, 50) is t
 
 
+def test_a_study_context_computes_shared_work_once(base, tmp_path):
+    """Scores per base model and data, identical prune steps and transfer examples: computed once, counted."""
+    ctx = _ctx(base, tmp_path, transfer=True)
+    gap = {"method": "gap", "granularity": "weight", "allocation": "global", "options": {"n_batches": 1}}
+    ft = TrainConfig(recipe="fast", max_batches=1)
+    a = run_trial(TrialParams(prune=PruneConfig(sparsity=0.5, **gap), finetune=ft, seed=1), ctx)
+    b = run_trial(TrialParams(prune=PruneConfig(sparsity=0.7, **gap), finetune=ft, seed=2), ctx)
+    c = run_trial(TrialParams(prune=PruneConfig(sparsity=0.5, **gap), finetune=ft, seed=3), ctx)  # = a's step
+    cache = ctx.stat_cache
+    assert (cache.misses["scores"], cache.hits["scores"]) == (1, 1)  # c's step never reached the scores
+    assert (cache.misses["prune_step"], cache.hits["prune_step"]) == (2, 1)
+    assert (cache.misses["transfer"], cache.hits["transfer"]) == (1, 2)
+    assert c.layer_sparsity == a.layer_sparsity and b.sparsity > a.sparsity
+    # the random method's step depends on the seed: no reuse across seeds, reuse for the same seed
+    rnd = TrialParams(prune=PruneConfig(method="random", sparsity=0.5), finetune=ft, seed=4)
+    first = run_trial(rnd, ctx)
+    run_trial(TrialParams(prune=rnd.prune, finetune=ft, seed=5), ctx)
+    again = run_trial(rnd, ctx)
+    assert (cache.misses["prune_step"], cache.hits["prune_step"]) == (4, 2)
+    assert (again.clean_acc, again.robust_acc) == (first.clean_acc, first.robust_acc)  # a hit changes nothing
+    # a second context on the same directory (another worker) reads the scores and transfer examples
+    other = _ctx(base, tmp_path, transfer=True)
+    run_trial(TrialParams(prune=PruneConfig(sparsity=0.6, **gap), finetune=ft, seed=6), other)
+    assert other.stat_cache.hits["scores"] == 1 and other.stat_cache.hits["transfer"] == 1
+    assert not other.stat_cache.misses["scores"] and not other.stat_cache.misses["transfer"]
+
+
 def test_transfer_examples_attack_the_dense_model(base):
     """On the dense model itself, transfer accuracy is its own white-box PGD accuracy."""
     ctx = _ctx(base, transfer=True)

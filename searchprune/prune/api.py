@@ -5,6 +5,7 @@ allocation -> masks or channel surgery, in ``method.py``)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from .._torch import model_device
 from ..config import PruneConfig, ThreatModel, TrainConfig
 from ..errors import ConfigError
+from .cache import StatCache, as_cache
 from .context import PruneContext, PruneReport
 from .masks import prunable_layers
 from .method import get_method
@@ -29,7 +31,7 @@ def prune_(
     loader: Any = None,
     threat: ThreatModel | None = None,
     train_cfg: TrainConfig | None = None,
-    cache_dir: Any = None,
+    cache: StatCache | str | Path | None = None,
 ) -> PruneReport:
     """Prunes ``model`` in place as ``cfg`` says.
 
@@ -45,7 +47,8 @@ def prune_(
         loader: ``(x in [0, 1], y)`` batches, required by data-driven criteria (``needs_data``).
         threat: the study's threat model, required by adversarial criteria (``needs_threat``).
         train_cfg: training recipe for learned methods.
-        cache_dir: where methods may cache statistics.
+        cache: a :class:`~searchprune.prune.cache.StatCache` (or its directory) for statistics computed
+            once per base model and scoring data (score-based criteria with ``cache_scores``, MRS).
 
     Returns:
         A :class:`PruneReport` with achieved per-layer and overall sparsity.
@@ -73,7 +76,7 @@ def prune_(
     ctx = PruneContext(
         model=model, layers=layers, cfg=cfg, input_shape=tuple(input_shape),
         sparsity=resolve_sparsity(model, cfg, layers), loader=loader, threat=threat,
-        train_cfg=train_cfg, cache_dir=cache_dir, device=device,
+        train_cfg=train_cfg, cache=as_cache(cache), device=device,
     )
     report = method.apply(ctx)
     report.seconds = time.perf_counter() - t0

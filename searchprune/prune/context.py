@@ -34,7 +34,7 @@ class PruneContext:
         loader: iterable of ``(x in [0, 1] (B, C, H, W), y (B,))`` batches, or None.
         threat: the study's threat model, or None.
         train_cfg: a training recipe for methods that train (HYDRA, in-train pruning), or None.
-        cache_dir: where a method may cache expensive statistics, or None.
+        cache: the :class:`searchprune.prune.cache.StatCache` for expensive statistics, or None.
         device: the device of the model's parameters.
     """
 
@@ -46,7 +46,7 @@ class PruneContext:
     loader: Any = None
     threat: ThreatModel | None = None
     train_cfg: TrainConfig | None = None
-    cache_dir: Any = None
+    cache: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def batches(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

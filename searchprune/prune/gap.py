@@ -99,6 +99,9 @@ class GreedyAdversarialPruning(PruningMethod):
         seed: seed of ``map_zeros``'s tie noise; None draws from torch's global generator.
     """
 
+    cache_scores = True
+    seed_free = True
+
     needs_data = True
     needs_threat = True
     default_options = {"variant": "signed", "n_batches": None, "eps": None, "alpha": None, "steps": None,

@@ -31,6 +31,9 @@ class MagGrad(PruningMethod):
             ShrinkBench does (True); False restores them afterwards.
     """
 
+    cache_scores = True
+    seed_free = True
+
     needs_data = True
     default_options = {"n_batches": 1, "adversarial": False, "update_bn_stats": True}
     option_checks = {"n_batches": positive_int(), "adversarial": boolean(), "update_bn_stats": boolean()}

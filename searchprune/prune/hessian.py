@@ -31,6 +31,9 @@ class Hessian(PruningMethod):
         adversarial: use PGD examples of the study's threat model (true labels).
     """
 
+    cache_scores = True
+    seed_free = True
+
     needs_data = True
     default_options = {"n_samples": 64, "adversarial": False}
     option_checks = {"n_samples": positive_int(), "adversarial": boolean()}

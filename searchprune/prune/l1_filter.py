@@ -23,6 +23,8 @@ __all__ = ["L1Filter"]
 class L1Filter(PruningMethod):
     """Filters scored by ``sum |w|`` over the filter (``(C_in, kh, kw)``); convs only. No options."""
 
+    seed_free = True
+
     granularities = ("channel",)
     reduction = "sum"  # the filter's L1 norm
 

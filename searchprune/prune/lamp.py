@@ -41,6 +41,8 @@ def lamp_scores(sq: torch.Tensor) -> torch.Tensor:
 class LAMP(PruningMethod):
     """LAMP scores of the effective weights; global allocation only (its point). No options."""
 
+    seed_free = True
+
     allocations = ("global",)
     normalize_channels = False  # LAMP scores are already comparable across layers
     min_keep_per_layer = 1

@@ -23,5 +23,7 @@ class Magnitude(PruningMethod):
     No options.
     """
 
+    seed_free = True
+
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
         return {name: effective_weight(m).detach().abs() for name, m in ctx.layers.items()}

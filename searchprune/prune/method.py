@@ -67,6 +67,7 @@ from .._torch import count_params
 from ..config import PruneConfig
 from ..errors import ConfigError
 from .allocation import allocate, get_allocation, has_ratios, layer_ratios, list_allocations
+from .cache import cached_unit_scores
 from .context import PruneContext, PruneReport, build_report
 from .masks import apply_mask_, effective_weight, get_mask
 from .options import OptionCheck, run_checks
@@ -107,6 +108,13 @@ class PruningMethod:
             prunable weights, or prunable output channels for channel granularity), or, for methods
             with a cost target such as in-train pruning, "macs" (1 - kept fraction of the model's
             MACs) or "params". ``PruneReport.sparsity`` is always in the config's units.
+        cache_scores: the unit scores depend only on the model, the scoring data, the options and the
+            threat model (any randomness is seeded from those), so ``prune_(cache=...)`` computes them once
+            per base model (:func:`searchprune.prune.cache.cached_unit_scores`). For expensive data-driven
+            criteria (gradients, Hessians, adversarial examples).
+        seed_free: the whole prune step is a function of the model, the data and the config (no draw
+            from the global random stream once the scores are cached), so identical steps of a study's
+            trials share one result whatever the trial's seed.
     """
 
     name: ClassVar[str] = ""
@@ -120,6 +128,8 @@ class PruningMethod:
     normalize_channels: ClassVar[bool] = True
     min_keep_per_layer: ClassVar[int] = 0
     target_unit: ClassVar[str] = "weights"
+    cache_scores: ClassVar[bool] = False
+    seed_free: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -209,7 +219,7 @@ class PruningMethod:
         if gran == "channel":
             return prune_channels_(ctx, self)
         params_before = count_params(ctx.model, nonzero=True)
-        units = {n: s.detach().float() for n, s in self.unit_scores(ctx, gran).items()}
+        units = {n: s.detach().float() for n, s in cached_unit_scores(self, ctx, gran).items()}
         sizes = {}
         for name, m in ctx.layers.items():
             w = effective_weight(m)

@@ -44,6 +44,7 @@ from torch.nn.utils import parametrize
 from .._torch import count_params
 from ..errors import ConfigError
 from .allocation import allocate, has_ratios, layer_ratios
+from .cache import cached_unit_scores
 from .context import PruneContext, PruneReport, build_report
 from .masks import (
     PRUNABLE_TYPES,
@@ -165,7 +166,7 @@ def prune_channels_(ctx: PruneContext, method: ChannelScorer) -> PruneReport:
     params_total_before = count_params(model, nonzero=False)
     weights_before = {n: effective_weight(m).numel() for n, m in ctx.layers.items()}
 
-    scores = {n: s.detach().float().cpu() for n, s in method.unit_scores(ctx, "channel").items()}
+    scores = {n: s.detach().float().cpu() for n, s in cached_unit_scores(method, ctx, "channel").items()}
     _, groups = channel_groups(model, ctx.layers, ctx.example_input(1))
     if not groups:
         raise ConfigError(f"prune.granularity: no output channel of the prunable layers can be removed "

@@ -36,6 +36,9 @@ class Taylor(PruningMethod):
             robust variant.
     """
 
+    cache_scores = True
+    seed_free = True
+
     needs_data = True
     default_options = {"n_batches": 4, "adversarial": False}
     option_checks = {"n_batches": positive_int(), "adversarial": boolean()}

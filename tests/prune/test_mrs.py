@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +11,7 @@ from torch import nn
 from searchprune.config import PruneConfig, ThreatModel
 from searchprune.errors import ConfigError
 from searchprune.prune.allocation.mrs import mrs_ratios, mrs_ratios_for, mrs_scores
+from searchprune.prune.cache import StatCache
 
 THREAT = ThreatModel(eps=0.1, alpha=0.03, steps=3)
 
@@ -101,11 +101,11 @@ def test_ratios_edge_targets() -> None:
         mrs_ratios({"a": 1.0}, {"b": 5}, 0.5)
 
 
-def _ctx(model: TwoBranch, cache_dir, *, options=None) -> SimpleNamespace:
+def _ctx(model: TwoBranch, cache_dir, *, options=None, loader=None) -> SimpleNamespace:
     cfg = PruneConfig(method="magnitude", allocation="mrs", sparsity=0.5,
                       options=options or {"passes": 1, "n_batches": 2, "eps_w": 0.5})
-    return SimpleNamespace(model=model, layers=_layers(model), cfg=cfg, loader=_loader(), threat=THREAT,
-                           cache_dir=cache_dir)
+    return SimpleNamespace(model=model, layers=_layers(model), cfg=cfg, loader=loader or _loader(), threat=THREAT,
+                           cache=None if cache_dir is None else StatCache(cache_dir))
 
 
 def test_ratios_for_context_caches_per_checkpoint(tmp_path) -> None:
@@ -116,8 +116,8 @@ def test_ratios_for_context_caches_per_checkpoint(tmp_path) -> None:
     assert calls, "the first call estimates MRS"
     assert first["quiet"] > first["loud"]  # the insensitive layer is pruned more
     assert (first["quiet"] + first["loud"]) / 2 == pytest.approx(0.5)
-    files = list(tmp_path.glob("mrs-*.json"))
-    assert len(files) == 1 and set(json.loads(files[0].read_text())["mrs"]) == {"loud", "quiet"}
+    files = list(tmp_path.glob("mrs-*.pt"))
+    assert len(files) == 1 and set(torch.load(files[0], weights_only=True)["value"]) == {"loud", "quiet"}
 
     calls.clear()
     assert mrs_ratios_for(_ctx(model, tmp_path)) == first
@@ -126,7 +126,12 @@ def test_ratios_for_context_caches_per_checkpoint(tmp_path) -> None:
     with torch.no_grad():  # another checkpoint -> another key
         model.loud.weight.mul_(1.1)
     mrs_ratios_for(_ctx(model, tmp_path))
-    assert calls and len(list(tmp_path.glob("mrs-*.json"))) == 2
+    assert calls and len(list(tmp_path.glob("mrs-*.pt"))) == 2
+
+    calls.clear()  # other data -> another key (the scores are measured on the data)
+    other = [(x.flip(0), y.flip(0)) for x, y in _loader()]
+    mrs_ratios_for(_ctx(model, tmp_path, loader=other))
+    assert calls and len(list(tmp_path.glob("mrs-*.pt"))) == 3
 
 
 def test_ratios_for_needs_data() -> None:

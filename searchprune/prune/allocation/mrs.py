@@ -22,19 +22,13 @@ Public names:
         ``r_max``, checked by its ``check``).
     mrs_scores: the sensitivities of a set of layers.
     mrs_ratios: sensitivities -> per-layer pruning ratios meeting a global target.
-    mrs_ratios_for: what the ``mrs`` allocation calls, with an on-disk cache per base checkpoint.
+    mrs_ratios_for: what the ``mrs`` allocation calls, cached per base model and scoring data (prune/cache.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,9 +51,6 @@ __all__ = ["MRSAllocation", "mrs_scores", "mrs_ratios", "mrs_ratios_for", "MRS_D
 # two to ten passes over its whole adversarial set; a few batches and passes rank layers the same
 # way on small models at a fraction of the cost.
 MRS_DEFAULTS: dict[str, Any] = {"eps_w": 0.1, "passes": 3, "n_batches": 4, "mrs_lr": 1.0, "r_max": 0.95}
-
-_CACHE_VERSION = 1
-
 
 @contextmanager
 def _only_grad_for(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
@@ -227,44 +218,8 @@ def mrs_ratios(
 
 
 # ---------------------------------------------------------------------------------------------
-# The allocation hook, with a per-checkpoint cache
+# The allocation hook (cached through the prune context's StatCache)
 # ---------------------------------------------------------------------------------------------
-
-
-def _cache_key(model: nn.Module, layers: Iterable[str], threat: ThreatModel,
-               options: Mapping[str, Any]) -> str:
-    """Hash of everything the scores depend on: the whole model state (so a different base
-    checkpoint misses), the layers, the threat model and the estimator's options."""
-    h = hashlib.sha256()
-    h.update(f"v{_CACHE_VERSION}".encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        t = t.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(json.dumps(sorted(layers)).encode())
-    h.update(json.dumps(asdict(threat), sort_keys=True).encode())
-    h.update(json.dumps({k: options[k] for k in sorted(options)}, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def _read_cache(path: Path, key: str) -> dict[str, float] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if data.get("key") != key:
-        return None
-    return {str(k): float(v) for k, v in data["mrs"].items()}
-
-
-def _write_cache(path: Path, key: str, scores: Mapping[str, float], meta: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # atomic: parallel study workers may write the same entry at once
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"key": key, "mrs": dict(scores), **meta}, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _layer_size(module: nn.Module, granularity: str) -> int:
@@ -281,9 +236,9 @@ def mrs_ratios_for(ctx: Any) -> dict[str, float]:
 
     Reads from the prune context: ``model``, ``layers`` (name -> module), ``cfg`` (its
     ``sparsity``, ``granularity`` and the options ``eps_w``, ``passes``, ``n_batches``,
-    ``mrs_lr``, ``r_max``), ``loader``, ``threat`` and ``cache_dir``. When ``cache_dir`` is set the
-    scores are stored there as ``mrs-<hash>.json`` keyed by a hash of the model state, the layers,
-    the threat model and the options, so a study estimates them once per base checkpoint.
+    ``mrs_lr``, ``r_max``), ``loader``, ``threat`` and ``cache`` (a
+    :class:`searchprune.prune.cache.StatCache` or None). With a cache the scores are computed once per
+    model state, scoring data, layers, threat model and estimator options.
 
     Returns:
         Layer name -> fraction pruned; the size-weighted mean (parameters, or output channels for
@@ -300,24 +255,21 @@ def mrs_ratios_for(ctx: Any) -> dict[str, float]:
     target = _target_sparsity(ctx)
     layers: Mapping[str, nn.Module] = ctx.layers
     est_opts = {k: opts[k] for k in ("eps_w", "passes", "n_batches", "mrs_lr")}
-    scores: dict[str, float] | None = None
-    path: Path | None = None
-    key = ""
-    if getattr(ctx, "cache_dir", None) is not None:
-        key = _cache_key(ctx.model, layers, ctx.threat, est_opts)
-        path = Path(ctx.cache_dir) / f"mrs-{key[:20]}.json"
-        scores = _read_cache(path, key)
-        if scores is not None and set(scores) != set(layers):
-            scores = None
-    if scores is None:
-        n_batches = int(opts["n_batches"])
+    n_batches = int(opts["n_batches"])
+
+    def estimate() -> dict[str, float]:
         # the context's batches are on the model's device; a bare loader is used as it is
         batches = ctx.batches(n_batches) if hasattr(ctx, "batches") else ctx.loader
-        scores = mrs_scores(ctx.model, layers, batches, ctx.threat, eps_w=float(opts["eps_w"]),
-                            passes=int(opts["passes"]), n_batches=n_batches,
-                            lr=float(opts["mrs_lr"]))
-        if path is not None:
-            _write_cache(path, key, scores, {"options": est_opts, "threat": asdict(ctx.threat)})
+        return mrs_scores(ctx.model, layers, batches, ctx.threat, eps_w=float(opts["eps_w"]),
+                          passes=int(opts["passes"]), n_batches=n_batches, lr=float(opts["mrs_lr"]))
+
+    cache = getattr(ctx, "cache", None)
+    if cache is None:
+        scores = estimate()
+    else:  # once per base model, scoring data, layers, threat model and estimator options
+        parts = {"model": cache.model_digest(ctx.model), "data": cache.data_digest(ctx.loader),
+                 "layers": sorted(layers), "threat": repr(ctx.threat), "options": est_opts}
+        scores = cache.compute("mrs", parts, estimate)
     sizes = {n: _layer_size(m, cfg.granularity) for n, m in layers.items()}
     return mrs_ratios(scores, sizes, target, r_max=float(opts["r_max"]))
 
