@@ -271,7 +271,7 @@ class Hydra(PruningMethod):
     """
 
     granularities = ("weight",)
-    allocations = ("learned", "uniform", "global", "per_layer", "mrs")
+    allocations = ("learned", "uniform", "global", "per_layer", "mrs", "skewed")
     needs_data = True
     needs_threat = True
     default_options = {

@@ -119,7 +119,7 @@ class PruningMethod:
 
     name: ClassVar[str] = ""
     granularities: ClassVar[tuple[str, ...]] = ("weight", "kernel", "channel")
-    allocations: ClassVar[tuple[str, ...]] = ("global", "uniform", "per_layer", "mrs")
+    allocations: ClassVar[tuple[str, ...]] = ("global", "uniform", "per_layer", "mrs", "skewed")
     needs_data: ClassVar[bool] = False
     needs_threat: ClassVar[bool] = False
     default_options: ClassVar[Mapping[str, Any]] = {}

@@ -26,7 +26,7 @@ def _allocate(name: str, scores: dict[str, torch.Tensor], sparsity: float = 0.5,
 
 
 def test_the_registry_holds_the_documented_allocations() -> None:
-    assert set(list_allocations()) == {"global", "uniform", "per_layer", "mrs", "learned"}
+    assert set(list_allocations()) == {"global", "uniform", "per_layer", "mrs", "skewed", "learned"}
     assert SCORED and "learned" not in SCORED
 
 

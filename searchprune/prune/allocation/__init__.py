@@ -6,6 +6,8 @@ Allocations (``PruneConfig.allocation``), one file each, registered with ``@regi
 * ``uniform``: the same ratio in every layer, exact per layer (``round(ratio * units)``).
 * ``per_layer``: ``PruneConfig.layer_sparsity`` gives each named layer its ratio; others stay dense.
 * ``mrs``: per-layer ratios from module robustness sensitivity (``mrs.py``: the scores live there).
+* ``skewed``: per-layer ratios from the global sparsity plus a depth skew and a size skew (``skewed.py``):
+  a low-dimensional per-layer schedule a sampler can search, global sparsity exact.
 * ``learned``: the method decides (HYDRA, in-train pruning); no allocation happens here.
 
 Units are weights, kernels or (for channel granularity) coupled channel groups; a unit's size is
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 import torch
 
 from ..context import PruneContext
-from . import global_, learned, mrs, per_layer, uniform  # noqa: F401  (each registers its allocation)
+from . import global_, learned, mrs, per_layer, skewed, uniform  # noqa: F401  (each registers its allocation)
 from ._base import (
     ALLOCATION_REGISTRY,
     Allocation,
@@ -37,7 +39,7 @@ __all__ = ["Allocation", "ALLOCATION_REGISTRY", "register_allocation", "get_allo
 
 
 def has_ratios(allocation: str) -> bool:
-    """True for allocations that give every layer its own ratio (per_layer, mrs)."""
+    """True for allocations that give every layer its own ratio (per_layer, mrs, skewed)."""
     return get_allocation(allocation).has_ratios
 
 
