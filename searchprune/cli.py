@@ -45,12 +45,20 @@ def cmd_study_create(a: argparse.Namespace) -> int:
     from .search import create_study  # lazy: keeps --help fast
 
     cfg = load_study_config(a.config)
-    study = create_study(cfg, storage=a.storage, name=a.name, artifact_dir=a.artifacts)
+    study = create_study(cfg, storage=a.storage, name=a.name, artifact_dir=a.artifacts,
+                         warm_start=a.warm_start, warm_start_storage=a.warm_start_storage)
     print(f"created study {study.study_name!r} in {study.user_attrs['storage_url']}")
     print(f"  objectives: {', '.join(study.metric_names or [])} (maximize, maximize, minimize)")
-    waiting = len(study.get_trials(deepcopy=False))
-    if waiting:
-        print(f"  {waiting} baseline trial(s) enqueued")
+    waiting = study.get_trials(deepcopy=False)
+    baselines = sum(bool(t.user_attrs.get("baseline")) for t in waiting)
+    if baselines:
+        print(f"  {baselines} baseline trial(s) enqueued")
+    warm = study.user_attrs.get("warm_start")
+    if warm:
+        print(f"  warm start from {warm['source']!r}: {len(warm['enqueued'])} Pareto trial(s) enqueued "
+              f"({', '.join(f'#{n}' for n in warm['enqueued']) or 'none'}), {len(warm['skipped'])} skipped")
+        for number, reason in warm["skipped"].items():
+            print(f"    skipped #{number}: {reason}")
     print(f"next: searchprune study optimize --name {study.study_name} --storage {study.user_attrs['storage_url']}")
     return 0
 
@@ -195,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="storage URL; default: sqlite file in the study's output_dir")
     p.add_argument("--name", help="override the study name")
     p.add_argument("--artifacts", help="artifact directory (default: OUTPUT_DIR/artifacts)")
+    p.add_argument("--warm-start", metavar="OTHER",
+                   help="enqueue the feasible Pareto set of study OTHER (what the new space can express)")
+    p.add_argument("--warm-start-storage", metavar="URL", help="storage of OTHER (default: the new study's)")
     p.set_defaults(fn=cmd_study_create)
 
     p = ss.add_parser("optimize", help="run trials until the study has --n-trials finished trials")

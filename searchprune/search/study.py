@@ -26,6 +26,7 @@ from .pruner import from_config
 from .samplers import SAMPLERS, make_sampler
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
 from .storage import default_storage_url, make_storage
+from .warm_start import WARM_START_ATTR, warm_start_trials
 
 __all__ = [
     "OBJECTIVE_NAMES", "DIRECTIONS", "CONFIG_ATTR", "validate_names", "validate_study", "create_study",
@@ -98,11 +99,19 @@ def validate_study(cfg: StudyConfig) -> list[dict[str, Any]]:
 
 
 def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | None = None,
-                 artifact_dir: str | None = None) -> optuna.Study:
+                 artifact_dir: str | None = None, warm_start: str | None = None,
+                 warm_start_storage: str | None = None) -> optuna.Study:
     """Creates the study (3 objectives, named metrics), stores its config, enqueues baselines.
 
+    Args:
+        warm_start: an earlier study whose feasible Pareto set is enqueued after the baselines (the
+            trials the new space can express; the rest are skipped, with reasons in the study's
+            ``warm_start`` user attribute, see :mod:`.warm_start`).
+        warm_start_storage: where that study lives (default: the new study's storage).
+
     Raises:
-        ConfigError: the name exists already in that storage, or the config is invalid.
+        ConfigError: the name exists already in that storage, the config is invalid, or the warm-start
+            study is missing or has no completed trial.
     """
     if name is not None:
         cfg = build(StudyConfig, {**to_dict(cfg), "name": name})
@@ -112,6 +121,15 @@ def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | No
     if cfg.name in optuna.get_all_study_names(store):
         raise ConfigError(f"a study named {cfg.name!r} already exists in {url}; "
                           "use `searchprune study optimize` to continue it, or pick another --name")
+    warm = None
+    if warm_start is not None:
+        src_url = warm_start_storage or url
+        src_store = make_storage(src_url) if warm_start_storage else store
+        names = optuna.get_all_study_names(src_store)
+        if warm_start not in names:
+            raise ConfigError(f"--warm-start: no study named {warm_start!r} in {src_url}; studies there: "
+                              f"{', '.join(names) or '(none)'}")
+        warm = warm_start_trials(optuna.load_study(study_name=warm_start, storage=src_store), cfg.space)
     study = optuna.create_study(study_name=cfg.name, storage=store, directions=DIRECTIONS,
                                 sampler=make_sampler(cfg.sampler.name, seed=cfg.sampler.seed,
                                                      options=cfg.sampler.options))
@@ -125,6 +143,10 @@ def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | No
     study.set_user_attr("artifact_dir", str(Path(artifact_dir or cfg.out_path / "artifacts").resolve()))
     for params in baselines:
         study.enqueue_trial(params, user_attrs={"baseline": True})
+    if warm is not None:
+        for number, params in warm.enqueued:
+            study.enqueue_trial(params, user_attrs={"warm_start": f"{warm.source}#{number}"})
+        study.set_user_attr(WARM_START_ATTR, warm.summary())
     return study
 
 
