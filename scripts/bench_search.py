@@ -1,32 +1,36 @@
-"""Benchmark the search: hypervolume vs trials for TPE, NSGA-II and random search, the seed papers'
-recipes (baselines) as reference points, and trials per hour with one and two workers on PostgreSQL.
+"""Benchmark the search at equal compute: hypervolume vs CPU seconds for random search, TPE and
+NSGA-II without successive halving against TPE and random search with MO-ASHA; the seed papers'
+recipes (baselines) as reference points; trials per hour with one and two workers on PostgreSQL.
 
 Every study is Fashion-MNIST CNN-8 with the search space of ``studies/fmnist_full.yaml`` (every
-move the library has, so each seed recipe is a point of the space and "does the search find a
-point that dominates it" is a fair question), the same base checkpoint
+move the library has, so each seed recipe is a point of the space), the same base checkpoint
 ``runs/base/cnn8_fmnist_standard.pt`` (trained here with the config's recipe when missing), and a
 cheaper per-trial measurement: a training subset, fewer validation images and a PGD with fewer
-steps (eps unchanged). Each sampler gets the same sampler seeds and the same trial budget; trials
-use the same per-trial seeds in every study. The seed recipes run once, with their papers'
-hyperparameters (e.g. HYDRA's 20 score epochs), in a study of their own.
+steps (eps unchanged).
 
-Throughput uses ``studies/fmnist_quick.yaml`` with only the sparsity searched (every trial does the
-same work) in three settings on the same machine: one worker on all cores, one worker on half of
-them, and two workers on half of them each. "Two workers vs one" is reported against both
-single-worker settings, with the machine's own limit (two bare training processes vs one) beside.
+Equal compute: each arm (sampler x successive halving) and seed runs trials until the CPU seconds
+its trials used (``cpu_s``, recorded by the objective for complete, pruned and failed trials alike)
+reach ``--budget-s``; the comparison then cuts every study at exactly that budget (a trial that
+would cross it does not count) and reports:
+
+* ``hv_vs_compute.png``: hypervolume of the feasible front vs cumulative trial CPU seconds (mean over
+  seeds, min-max band);
+* a table: final hypervolume at the budget, mean +- std over seeds, on validation and re-measured on
+  held-out *test* images for the final fronts (their checkpoints, ``--n-test`` images, the study's
+  PGD); the compute each arm needs to reach random search's final hypervolume, and the targets
+  (successive halving reaches it in at most half the compute; beats it by >= 1.2x at equal compute).
 
 Hypervolume: of the feasible Pareto front in (clean acc, PGD acc, MACs / dense MACs), reference
 point (0, 0, 1), the same as ``searchprune study show``.
 
-Outputs in ``--out`` (default ``runs/bench_search``): ``hv_vs_trials.png``, ``pareto.png`` (PGD
-accuracy vs MACs: each sampler's front for the first seed and the baselines), ``results.md``
-(tables), ``results.json`` (everything, including the per-trial hypervolume curves).
+Outputs in ``--out`` (default ``runs/bench_search``): ``hv_vs_compute.png``, ``pareto.png``,
+``results.md``, ``results.json`` (everything, including the curves).
 
-    python scripts/bench_search.py --quick           # smoke run, a few minutes
-    python scripts/bench_search.py --trials 40 --seeds 0 1 2   # the full comparison
+    python scripts/bench_search.py --quick          # 1 seed, 60 CPU-s per arm: < 20 min on 2 cores
+    python scripts/bench_search.py --budget-s 900 --seeds 0 1 2   # the full comparison
 
-Studies are resumed, so an interrupted run continues where it stopped; ``results.json`` and the
-report are rewritten after every study.
+Studies are resumed (each its own SQLite file; a study continues until its budget is spent), test
+measurements are kept in ``results.json``, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -59,10 +63,16 @@ from searchprune.search import (  # noqa: E402
     reports,
 )
 
-SAMPLERS = ("tpe", "nsga2", "random")
+# (label, sampler, successive halving): the equal-compute arms
+ARMS: tuple[tuple[str, str, bool], ...] = (("random", "random", False), ("tpe", "tpe", False),
+                                           ("nsga2", "nsga2", False), ("tpe+asha", "tpe", True),
+                                           ("random+asha", "random", True))
 FULL_BASELINES = ("dense", "shrinkbench@0.5", "shrinkbench@0.8", "adver_fine@0.5", "hydra@0.8", "mrpf@0.8",
                   "gap@0.8", "in_train@0.5")
 QUICK_BASELINES = ("dense", "shrinkbench@0.8")
+PRUNER_FULL = {"name": "mo_asha", "min_epochs": 0.25, "eta": 3, "max_epochs": 3, "rung_n_eval": 128,
+               "rung_pgd_steps": 2, "floors": {"clean_acc": 0.5}}
+PRUNER_QUICK = {**PRUNER_FULL, "rung_n_eval": 64}
 
 
 # ---- configs --------------------------------------------------------------------------------
@@ -70,11 +80,13 @@ QUICK_BASELINES = ("dense", "shrinkbench@0.8")
 
 def bench_config(base_cfg: StudyConfig, *, name: str, out: Path, quick: bool, n_trials: int,
                  sampler: dict[str, Any], pgd_steps: int, baselines: Sequence[str] = (),
-                 space: dict[str, Any] | None = None) -> StudyConfig:
-    """``fmnist_quick`` with a cheap measurement, the given sampler and budget, outputs in ``out``."""
+                 space: dict[str, Any] | None = None, asha: bool = False) -> StudyConfig:
+    """The study with a cheap measurement, the given sampler and budget, outputs in ``out``; with ``asha``
+    MO-ASHA over fine-tuning rungs (cheaper rung measurements), else every trial runs in full."""
     raw = to_dict(base_cfg)
     raw.update(name=name, output_dir=str(out / "studies" / "{name}"), n_trials=n_trials, sampler=sampler,
                baselines=list(baselines), storage=None)
+    raw["pruner"] = (PRUNER_QUICK if quick else PRUNER_FULL) if asha else {"name": "none"}
     raw["model"]["checkpoint"] = str(_base_path(base_cfg))
     # a training subset; the validation split stays the study's (carved apart from the base model's data)
     raw["data"].update(train_size=512 if quick else 2000)
@@ -126,6 +138,74 @@ def hv_curve(trials: Sequence[FrozenTrial], dense_macs: float) -> list[float]:
     return [hypervolume(done[: k + 1], dense_macs) for k in range(len(done))]
 
 
+def trial_cpu_s(t: FrozenTrial) -> float:
+    """CPU seconds a finished trial used (``cpu_s``; wall seconds for trials recorded without it)."""
+    if "cpu_s" in t.user_attrs:
+        return float(t.user_attrs["cpu_s"])
+    if t.datetime_start is not None and t.datetime_complete is not None:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return 0.0
+
+
+def cut_at_budget(trials: Sequence[FrozenTrial], budget_s: float) -> list[FrozenTrial]:
+    """The finished trials, in trial order, whose cumulative CPU seconds stay within ``budget_s`` (the
+    first trial that would cross the budget and every later one are left out)."""
+    done = sorted((t for t in trials if t.state.is_finished()), key=lambda t: t.number)
+    out, spent = [], 0.0
+    for t in done:
+        spent += trial_cpu_s(t)
+        if spent > budget_s:
+            break
+        out.append(t)
+    return out
+
+
+def compute_curve(trials: Sequence[FrozenTrial], dense_macs: float) -> list[tuple[float, float]]:
+    """``(cumulative CPU seconds, hypervolume)`` after each finished trial, in trial order."""
+    done = sorted((t for t in trials if t.state.is_finished()), key=lambda t: t.number)
+    out, spent = [], 0.0
+    for k, t in enumerate(done):
+        spent += trial_cpu_s(t)
+        out.append((spent, hypervolume(done[: k + 1], dense_macs)))
+    return out
+
+
+def hv_at(curve: Sequence[Sequence[float]], x: float) -> float:
+    """Hypervolume reached within ``x`` CPU seconds (0 before the first trial ends)."""
+    hv = 0.0
+    for spent, value in curve:
+        if spent > x:
+            break
+        hv = value
+    return hv
+
+
+def compute_to_reach(curve: Sequence[Sequence[float]], target: float) -> float | None:
+    """CPU seconds after which the curve first reaches ``target`` (None: never)."""
+    for spent, value in curve:
+        if value >= target - 1e-12:
+            return float(spent)
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def arm_summary(curves: Sequence[Sequence[Sequence[float]]], budget_s: float,
+                reference: float | None = None) -> dict[str, Any]:
+    """Final hypervolume at the budget over seeds, and the compute needed to reach ``reference``."""
+    finals = [hv_at(c, budget_s) for c in curves]
+    m, sd = mean_std(finals)
+    out: dict[str, Any] = {"final_hv": finals, "mean": m, "std": sd}
+    if reference is not None:
+        reach = [compute_to_reach(c, reference) for c in curves]
+        out["to_reach_reference_s"] = reach
+        out["reached"] = sum(r is not None and r <= budget_s for r in reach)
+    return out
+
+
 # ---- runs ---------------------------------------------------------------------------------------
 
 
@@ -137,6 +217,62 @@ def run_study(cfg: StudyConfig, storage: str, *, workers: int = 1) -> tuple[optu
     t0 = time.perf_counter()
     study = optimize(cfg.name, storage, n_trials=cfg.n_trials, workers=workers, quiet=True)
     return study, time.perf_counter() - t0
+
+
+def run_until_budget(cfg: StudyConfig, storage: str, budget_s: float, *, step: int = 2,
+                     max_trials: int = 10_000) -> optuna.Study:
+    """Creates (or resumes) a study and runs trials, ``step`` at a time, until the CPU seconds of its
+    finished trials reach ``budget_s`` (or ``max_trials`` trials finished)."""
+    store = make_storage(storage)
+    if cfg.name not in optuna.get_all_study_names(store):
+        create_study(cfg, storage=storage)
+    study = optuna.load_study(study_name=cfg.name, storage=store)
+    while True:
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        if sum(trial_cpu_s(t) for t in done) >= budget_s or len(done) >= max_trials:
+            return study
+        study = optimize(cfg.name, storage, n_trials=len(done) + step, quiet=True)
+
+
+def front_on_test(trials: Sequence[FrozenTrial], dense_macs: float, cfg: StudyConfig, n_test: int,
+               memo: dict[str, Any]) -> list[dict[str, Any]]:
+    """The feasible Pareto set of ``trials`` re-measured on the first ``n_test`` test images (clean and the
+    study's PGD; MACs do not change); ``memo`` keeps what was measured (by checkpoint path) across runs."""
+    from searchprune.attacks import evaluate
+    from searchprune.checkpoint import load_checkpoint
+    from searchprune.data import BatchLoader, make_splits
+
+    feasible = [t for t in trials if _feasible(t)]
+    front_numbers = {t.number for t in _pareto(feasible)}
+    rows = []
+    splits = None
+    for t in feasible:
+        if t.number not in front_numbers or "checkpoint" not in t.user_attrs:
+            continue
+        path = t.user_attrs["checkpoint"]
+        if path not in memo:
+            splits = splits or make_splits(cfg.data)
+            model, _ = load_checkpoint(path)
+            res = evaluate(model.eval(), BatchLoader(splits.test, 250, max_images=n_test), cfg.threat,
+                           attacks=("pgd",))
+            memo[path] = {"clean_acc": res.clean, "robust_acc": res.robust["pgd"], "n": res.n}
+        rows.append({"trial": t.number, "mac_ratio": t.values[2] / dense_macs, **memo[path],
+                     "val_clean_acc": t.values[0], "val_robust_acc": t.values[1]})
+    return rows
+
+
+def _pareto(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Non-dominated trials (maximize clean, robust; minimize cost)."""
+    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+        va, vb = (a.values[0], a.values[1], -a.values[2]), (b.values[0], b.values[1], -b.values[2])
+        return all(x >= y for x, y in zip(va, vb)) and va != vb
+    return [t for t in trials if not any(dominates(o, t) for o in trials)]
+
+
+def hypervolume_of_rows(rows: Sequence[dict[str, Any]]) -> float:
+    """Hypervolume of test-set points (clean, PGD, MACs/dense) w.r.t. (0, 0, 1)."""
+    pts = [[-r["clean_acc"], -r["robust_acc"], r["mac_ratio"]] for r in rows if r["mac_ratio"] < 1.0]
+    return reports.hypervolume(pts, [0.0, 0.0, 1.0])
 
 
 def _dense_macs(trials: Sequence[FrozenTrial]) -> float:
@@ -330,38 +466,77 @@ def _fmt(x: float | None, nd: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def compute_table(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The equal-compute table (markdown lines) and its numbers: final HV on validation and test
+    (mean +- std over seeds), compute to reach random search's final HV, the two targets."""
+    budget = float(results["budget_s"])
+    curves: dict[str, list[list[list[float]]]] = results["compute"]
+    ref_curves = curves.get("random") or []
+    reference = arm_summary(ref_curves, budget)["mean"] if ref_curves else None
+    summary: dict[str, Any] = {"reference_hv": reference, "arms": {}}
+    lines = ["| arm | seeds | final HV (val) | final HV (test) | trials: complete / pruned / failed | "
+             "CPU-s to reach random's final HV (mean; reached) |", "|---|---|---|---|---|---|"]
+    for label, runs in curves.items():
+        if not runs:
+            continue
+        arm = arm_summary(runs, budget, reference)
+        tests = [r["hv"] for r in results["test"].get(label, [])]
+        tm, tsd = mean_std(tests) if tests else (float("nan"), 0.0)
+        arm.update(test_mean=tm, test_std=tsd, test_hv=tests)
+        summary["arms"][label] = arm
+        reach = [r for r in arm.get("to_reach_reference_s", []) if r is not None]
+        reach_s = f"{statistics.mean(reach):.0f} ({arm['reached']}/{len(runs)})" if reach else f"never (0/{len(runs)})"
+        st = results["states"][label]
+        lines.append(f"| {label} | {len(runs)} | {arm['mean']:.4f} +- {arm['std']:.4f} | {tm:.4f} +- {tsd:.4f} | "
+                     f"{st['complete']} / {st['pruned']} / {st['fail']} | {reach_s} |")
+    if reference is not None and "tpe+asha" in summary["arms"]:
+        arm = summary["arms"]["tpe+asha"]
+        reach = arm.get("to_reach_reference_s", [])
+        half = [r is not None and r <= budget / 2 for r in reach]
+        ratio = arm["mean"] / reference if reference > 0 else float("nan")
+        summary["targets"] = {"reaches_random_in_half": all(half) and bool(half), "hv_ratio_vs_random": ratio}
+        lines += ["", f"Targets (TPE + successive halving vs random search, {len(reach)} seed(s)): reaches random's "
+                  f"final HV {reference:.4f} within half the budget in {sum(half)}/{len(half)} seed(s) "
+                  f"({'met' if all(half) and half else 'not met'}); final HV ratio at equal compute "
+                  f"{ratio:.2f}x (target >= 1.2x: {'met' if ratio >= 1.2 else 'not met'})."]
+    return lines, summary
+
+
+def write_compute_plot(out: Path, results: dict[str, Any], plt: Any, colors: dict[str, str]) -> list[str]:
+    """``hv_vs_compute.png`` (mean over seeds on a grid, min-max band) and the table's lines."""
+    budget = float(results["budget_s"])
+    grid = [budget * i / 200 for i in range(201)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs in results["compute"].items():
+        if not runs:
+            continue
+        ys = [[hv_at(c, x) for x in grid] for c in runs]
+        mean = [statistics.mean(col) for col in zip(*ys)]
+        ax.plot(grid, mean, label=f"{label} (mean of {len(runs)} seed(s))", color=colors.get(label))
+        if len(runs) > 1:
+            ax.fill_between(grid, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)], alpha=0.15,
+                            color=colors.get(label))
+    ax.set_xlabel("CPU seconds of trials")
+    ax.set_ylabel("hypervolume (clean, PGD, MACs/dense), validation")
+    ax.set_title(f"Fashion-MNIST CNN-8: hypervolume vs compute (budget {budget:g} CPU-s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(out / "hv_vs_compute.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    lines, summary = compute_table(results)
+    results["compute_summary"] = summary
+    return lines
+
+
 def write_report(out: Path, results: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: dict[str, list[list[float]]] = results["curves"]
-    budget = results["trials"]
-    colors = {"tpe": "tab:blue", "nsga2": "tab:orange", "random": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for sampler, runs in curves.items():
-        if not runs:  # not reached yet in an interrupted or running benchmark
-            continue
-        runs = [r + [r[-1]] * (budget - len(r)) if r else [0.0] * budget for r in runs]
-        xs = list(range(1, budget + 1))
-        mean = [statistics.mean(r[i] for r in runs) for i in range(budget)]
-        ax.plot(xs, mean, label=f"{sampler} (mean of {len(runs)} seed(s))", color=colors.get(sampler))
-        if len(runs) > 1:
-            ax.fill_between(xs, [min(r[i] for r in runs) for i in range(budget)],
-                            [max(r[i] for r in runs) for i in range(budget)], alpha=0.2,
-                            color=colors.get(sampler))
-    if results["baselines"].get("hypervolume") is not None:
-        ax.axhline(results["baselines"]["hypervolume"], ls="--", color="grey",
-                   label="seed recipes (baselines) only")
-    ax.set_xlabel("finished trials")
-    ax.set_ylabel("hypervolume (clean, PGD, MACs/dense)")
-    ax.set_title(f"Fashion-MNIST CNN-8: hypervolume vs trials (budget {budget})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(out / "hv_vs_trials.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
+    colors = {"tpe": "tab:blue", "nsga2": "tab:orange", "random": "tab:green", "tpe+asha": "tab:red",
+              "random+asha": "tab:purple"}
+    compute_lines = write_compute_plot(out, results, plt, colors)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sampler, pts in results["fronts"].items():
         if not pts:
@@ -390,22 +565,9 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     fig.savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    lines = [f"# Search benchmark: Fashion-MNIST CNN-8, {budget} trials per study, "
-             f"seeds {results['seeds']}", "",
-             f"Per trial: {results['setting']}", "",
-             "| sampler | final HV mean | std | min | max | HV @25% | HV @50% | complete | pruned | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for sampler, runs in curves.items():
-        if not runs:
-            continue
-        finals = [r[-1] if r else 0.0 for r in runs]
-        at = {q: statistics.mean(r[min(len(r), max(1, round(budget * q))) - 1] if r else 0.0 for r in runs)
-              for q in (0.25, 0.5)}
-        states = results["states"][sampler]
-        lines.append(f"| {sampler} | {_fmt(statistics.mean(finals))} | "
-                     f"{_fmt(statistics.stdev(finals) if len(finals) > 1 else 0.0)} | {_fmt(min(finals))} | "
-                     f"{_fmt(max(finals))} | {_fmt(at[0.25])} | {_fmt(at[0.5])} | {states['complete']} | "
-                     f"{states['pruned']} | {states['fail']} |")
+    lines = [f"# Search benchmark at equal compute: Fashion-MNIST CNN-8, {results['budget_s']:g} CPU seconds of "
+             f"trials per arm, seeds {results['seeds']}", "", f"Per trial: {results['setting']}", "",
+             *compute_lines]
     lines += ["", "Seed recipes (enqueued baselines, one study):", "",
               "| baseline | state | clean | PGD | MACs/dense |", "|---|---|---|---|---|"]
     for b in results["baselines"]["points"]:
@@ -453,14 +615,19 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "fmnist_full.yaml"),
-                   help="study whose space, base model, constraints and gate the samplers search")
+                   help="study whose space, base model and constraints the samplers search")
     p.add_argument("--throughput-config", default=str(ROOT / "studies" / "fmnist_quick.yaml"),
                    help="study for the 1-vs-2 worker throughput (only its sparsity is searched: equal trials)")
-    p.add_argument("--trials", type=int, default=None, help="trial budget per study (default 40; --quick 4)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="CPU seconds of trials per arm and seed (default 900; --quick 60)")
+    p.add_argument("--arms", nargs="*", default=[a[0] for a in ARMS], choices=[a[0] for a in ARMS],
+                   help="arms to compare (default: all; none: baselines and throughput only)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="held-out test images the final fronts are re-measured on (default 2000; --quick 500)")
+    p.add_argument("--trials", type=int, default=None, help="(unused by the equal-compute comparison; "
+                   "sets the TPE start-up and NSGA-II population, default 40; --quick 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="sampler seeds (default 0 1 2; --quick 0)")
-    p.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=SAMPLERS,
-                   help="samplers to compare (default: all three; none: baselines and throughput only)")
     p.add_argument("--baselines", nargs="*", default=None,
                    help=f"seed recipes as 'name[@sparsity]' (default: {' '.join(FULL_BASELINES)})")
     p.add_argument("--pgd-steps", type=int, default=None, help="PGD steps per trial (default 5; --quick 3)")
@@ -473,11 +640,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-pg", action="store_true", help="skip the 1-vs-2 worker throughput measurement")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_search"))
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 4 trials, 1 seed, 2 baselines, 512 training images, PGD-3, "
-                        "4 throughput trials")
+                   help="smoke run (< 20 min on 2 cores): 60 CPU-s per arm, 1 seed, 2 baselines, 512 training "
+                        "images, PGD-3, 500 test images, no throughput (add --pg-url to measure it)")
     args = p.parse_args(argv)
     # unset options take the --quick or the full default
-    args.trials = args.trials or (4 if args.quick else 40)
+    args.trials = args.trials or (8 if args.quick else 40)
+    args.budget_s = args.budget_s or (60.0 if args.quick else 900.0)
+    args.n_test = args.n_test or (500 if args.quick else 2000)
+    if args.quick and not args.pg_url:
+        args.no_pg = True
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.throughput_trials = args.throughput_trials or (4 if args.quick else 16)
     args.pgd_steps = args.pgd_steps or (3 if args.quick else 5)
@@ -502,8 +673,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "nsga2": {"population_size": population}, "random": {}}
     results: dict[str, Any] = {
         "trials": args.trials, "seeds": args.seeds, "quick": args.quick, "sampler_options": sampler_opts,
-        "setting": "", "curves": {}, "states": {}, "fronts": {}, "studies": {}, "points": {},
+        "budget_s": args.budget_s, "n_test": args.n_test, "setting": "", "curves": {}, "states": {},
+        "fronts": {}, "studies": {}, "points": {}, "compute": {}, "test": {},
     }
+    old = out / "results.json"
+    if old.exists():  # resume: keep the test measurements already paid for
+        results["test_memo"] = json.loads(old.read_text()).get("test_memo", {})
+    results.setdefault("test_memo", {})
     probe = bench_config(base_cfg, name="probe", out=out, quick=args.quick, n_trials=0,
                          sampler={"name": "random", "seed": 0}, pgd_steps=args.pgd_steps)
     results["setting"] = (f"{probe.data.train_size} training images, PGD-{probe.threat.steps} "
@@ -532,41 +708,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["throughput"] = throughput(load_study_config(args.throughput_config), out, args)
     save()
 
-    # seeds outermost: an interrupted run still compares every sampler on the seeds it finished
-    for sampler in args.samplers:
-        results["curves"][sampler], results["studies"][sampler], results["points"][sampler] = [], [], []
-        results["states"][sampler] = {"complete": 0, "pruned": 0, "fail": 0}
+    # seeds outermost: an interrupted run still compares every arm on the seeds it finished
+    arms = [a for a in ARMS if a[0] in args.arms]
+    for label, _, _ in arms:
+        results["compute"][label], results["studies"][label], results["points"][label] = [], [], []
+        results["test"][label] = []
+        results["states"][label] = {"complete": 0, "pruned": 0, "fail": 0}
+    key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
     for seed in args.seeds:
-        for sampler in args.samplers:
-            name = f"{sampler}_s{seed}"
-            cfg = bench_config(base_cfg, name=name, out=out, quick=args.quick, n_trials=args.trials,
+        for label, sampler, asha in arms:
+            name = f"{label.replace('+', '_')}_s{seed}"
+            cfg = bench_config(base_cfg, name=name, out=out, quick=args.quick, n_trials=0,
                                sampler={"name": sampler, "seed": seed, "options": sampler_opts[sampler]},
-                               pgd_steps=args.pgd_steps)
+                               pgd_steps=args.pgd_steps, asha=asha)
             storage = f"sqlite:///{out / f'{name}.db'}"
-            study, wall = run_study(cfg, storage)
-            trials = study.get_trials(deepcopy=False)
-            dense = _dense_macs(trials)
-            curve = hv_curve(trials, dense)
-            results["curves"][sampler].append(curve)
-            key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
+            t0 = time.perf_counter()
+            study = run_until_budget(cfg, storage, args.budget_s)
+            wall = time.perf_counter() - t0
+            trials = cut_at_budget(study.get_trials(deepcopy=False), args.budget_s)
+            dense = _dense_macs(study.get_trials(deepcopy=False))
+            curve = compute_curve(trials, dense)
+            results["compute"][label].append(curve)
             for t in trials:
                 if t.state in key:
-                    results["states"][sampler][key[t.state]] += 1
-            results["studies"][sampler].append({"seed": seed, "storage": storage, "wall_s": round(wall, 1),
-                                                "final_hv": curve[-1] if curve else 0.0})
-            results["points"][sampler] += [
+                    results["states"][label][key[t.state]] += 1
+            rows = front_on_test(trials, dense, cfg, args.n_test, results["test_memo"])
+            results["test"][label].append({"seed": seed, "hv": hypervolume_of_rows(rows), "front": rows})
+            results["studies"][label].append({"seed": seed, "storage": storage, "wall_s": round(wall, 1),
+                                              "trials": len(trials), "final_hv": curve[-1][1] if curve else 0.0})
+            results["points"][label] += [
                 {"seed": seed, "trial": t.number, "clean_acc": t.values[0], "robust_acc": t.values[1],
                  "mac_ratio": t.values[2] / dense, "params": t.params} for t in trials if _feasible(t)]
             if seed == args.seeds[0]:
-                results["fronts"][sampler] = [
+                results["fronts"][label] = [
                     {"trial": t.number, "clean_acc": t.values[0], "robust_acc": t.values[1],
-                     "mac_ratio": t.values[2] / dense} for t in study.best_trials]
-            print(f"[bench] {name}: {len(trials)} trials in {wall:.0f} s, "
-                  f"final HV {curve[-1] if curve else 0:.4f}", flush=True)
+                     "mac_ratio": t.values[2] / dense} for t in _pareto([t for t in trials if _feasible(t)])]
+            print(f"[bench] {name}: {len(trials)} trials within {args.budget_s:g} CPU-s ({wall:.0f} s wall), "
+                  f"final HV {curve[-1][1] if curve else 0:.4f}, test HV {results['test'][label][-1]['hv']:.4f}",
+                  flush=True)
             save()
 
     print((out / "results.md").read_text())
-    print(f"[bench] wrote {out / 'hv_vs_trials.png'}, {out / 'pareto.png'}, {out / 'results.md'}, "
+    print(f"[bench] wrote {out / 'hv_vs_compute.png'}, {out / 'pareto.png'}, {out / 'results.md'}, "
           f"{out / 'results.json'} in {results['total_s']:.0f} s")
     return 0
 

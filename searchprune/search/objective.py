@@ -8,6 +8,7 @@ and uploads both as Optuna artifacts when the study has an artifact directory.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class Objective:
         # a heartbeat retry inherits the killed trial's user attrs: rerun it with the same seed
         seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
         trial.set_user_attr("seed", seed)
+        cpu0 = time.process_time()  # the trial's compute, whatever its end (what equal-budget comparisons add)
         try:
             params = suggest_params(trial, self.cfg.space, self.cfg.defaults, seed=seed,
                                     layer_names=self.layer_names)
@@ -118,6 +120,8 @@ class Objective:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
             self.log(f"trial {trial.number} failed: {type(e).__name__}: {e}")
             raise
+        finally:
+            trial.set_user_attr("cpu_s", round(time.process_time() - cpu0, 3))
         for k, v in result.metrics().items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("layer_sparsity", {k: round(v, 5) for k, v in result.layer_sparsity.items()})

@@ -66,3 +66,64 @@ def test_domination_needs_one_strict_improvement(bench: ModuleType) -> None:
     assert row["baseline"] == "hydra@0.8"
     assert row["n_dominating"] == 1 and row["by_sampler"] == {"tpe": 1, "random": 0}
     assert row["example"]["trial"] == 7 and row["example"]["sampler"] == "tpe"
+
+
+# ---- equal compute ------------------------------------------------------------------------------
+
+
+def _timed(number: int, cpu_s: float, clean: float = 0.0, robust: float = 0.0, macs: float = 50.0,
+           state: TrialState = TrialState.COMPLETE) -> optuna.trial.FrozenTrial:
+    t = _trial(number, clean, robust, macs, state=state)
+    t.set_user_attr("cpu_s", cpu_s)
+    return t
+
+
+def test_cut_at_budget_drops_the_trial_that_crosses_it(bench: ModuleType) -> None:
+    trials = [_timed(2, 30.0, 0.5, 0.2), _timed(0, 40.0, 0.4, 0.1), _timed(1, 20.0, state=TrialState.PRUNED),
+              _timed(3, 5.0, 0.9, 0.9)]
+    # trial order 0 (40), 1 (60), 2 (90), 3 (95): a budget of 80 keeps 0 and 1, not 2, and so not 3 either
+    assert [t.number for t in bench.cut_at_budget(trials, 80.0)] == [0, 1]
+    assert [t.number for t in bench.cut_at_budget(trials, 95.0)] == [0, 1, 2, 3]
+    assert bench.cut_at_budget(trials, 39.0) == []
+
+
+def test_compute_curve_counts_pruned_trials_compute(bench: ModuleType) -> None:
+    trials = [_timed(0, 10.0, 0.5, 0.2, 50.0), _timed(1, 4.0, state=TrialState.PRUNED),
+              _timed(2, 6.0, 0.8, 0.5, 25.0)]
+    curve = bench.compute_curve(trials, 100.0)
+    assert [x for x, _ in curve] == [10.0, 14.0, 20.0]
+    assert [hv for _, hv in curve] == [pytest.approx(0.05), pytest.approx(0.05), pytest.approx(0.3)]
+    assert bench.hv_at(curve, 9.9) == 0.0 and bench.hv_at(curve, 19.0) == pytest.approx(0.05)
+    assert bench.hv_at(curve, 1e9) == pytest.approx(0.3)
+    assert bench.compute_to_reach(curve, 0.3) == 20.0 and bench.compute_to_reach(curve, 0.31) is None
+
+
+def test_arm_summary_and_targets(bench: ModuleType) -> None:
+    budget = 100.0
+    random_curves = [[(50.0, 0.2), (100.0, 0.3)], [(60.0, 0.3)]]  # final 0.3 and 0.3
+    asha_curves = [[(20.0, 0.3), (90.0, 0.4)], [(45.0, 0.35), (120.0, 0.5)]]  # the 0.5 lies past the budget
+    s = bench.arm_summary(asha_curves, budget, reference=0.3)
+    assert s["final_hv"] == [0.4, 0.35] and s["mean"] == pytest.approx(0.375)
+    assert s["to_reach_reference_s"] == [20.0, 45.0] and s["reached"] == 2
+    results = {"budget_s": budget, "compute": {"random": random_curves, "tpe+asha": asha_curves},
+               "test": {"random": [{"hv": 0.2}, {"hv": 0.25}], "tpe+asha": [{"hv": 0.3}, {"hv": 0.3}]},
+               "states": {"random": {"complete": 3, "pruned": 0, "fail": 0},
+                          "tpe+asha": {"complete": 2, "pruned": 2, "fail": 0}}}
+    lines, summary = bench.compute_table(results)
+    assert summary["reference_hv"] == pytest.approx(0.3)
+    assert summary["targets"]["reaches_random_in_half"] is True  # 20 and 45 <= 50
+    assert summary["targets"]["hv_ratio_vs_random"] == pytest.approx(1.25)
+    assert any(line.startswith("| tpe+asha | 2 | 0.3750 +- 0.0354 | 0.3000 +- 0.0000 | 2 / 2 / 0 | 32 (2/2) |")
+               for line in lines), lines
+    assert "1.25x (target >= 1.2x: met)" in lines[-1]
+
+
+def test_cpu_seconds_fall_back_to_wall_time(bench: ModuleType) -> None:
+    import datetime
+
+    t = _trial(0, 0.5, 0.2, 50.0)
+    t.datetime_start = datetime.datetime(2026, 1, 1, 0, 0, 0)
+    t.datetime_complete = datetime.datetime(2026, 1, 1, 0, 0, 12)
+    assert bench.trial_cpu_s(t) == 12.0
+    t.set_user_attr("cpu_s", 3.5)
+    assert bench.trial_cpu_s(t) == 3.5

@@ -43,6 +43,7 @@ def _check_decisions(trials, n_rungs=2):
     by_number = {t.number: t for t in trials}
     for t in trials:
         a = t.user_attrs
+        assert a["cpu_s"] > 0  # every trial records its compute, pruned ones included
         ks = [k for k in range(n_rungs) if f"rung_{k}_promoted" in a]
         assert ks == list(range(len(ks)))
         for k in ks:
