@@ -63,10 +63,15 @@ from searchprune.search import (  # noqa: E402
     reports,
 )
 
-# (label, sampler, successive halving): the equal-compute arms
-ARMS: tuple[tuple[str, str, bool], ...] = (("random", "random", False), ("tpe", "tpe", False),
-                                           ("nsga2", "nsga2", False), ("tpe+asha", "tpe", True),
-                                           ("random+asha", "random", True))
+# (label, sampler, successive halving, per-layer allocation or None): the equal-compute arms. The last two
+# compare per-layer allocations a sampler can search (opt in with --arms): one ratio per layer against
+# the 2-number skewed schedule, both on the score-based methods (those that take every allocation).
+ARMS: tuple[tuple[str, str, bool, str | None], ...] = (
+    ("random", "random", False, None), ("tpe", "tpe", False, None), ("nsga2", "nsga2", False, None),
+    ("tpe+asha", "tpe", True, None), ("random+asha", "random", True, None),
+    ("tpe+asha/per_layer", "tpe", True, "per_layer"), ("tpe+asha/skewed", "tpe", True, "skewed"))
+DEFAULT_ARMS = ("random", "tpe", "nsga2", "tpe+asha", "random+asha")
+SCORED_METHODS = ["magnitude", "random", "gradient", "taylor", "hessian", "gap"]
 FULL_BASELINES = ("dense", "shrinkbench@0.5", "shrinkbench@0.8", "adver_fine@0.5", "hydra@0.8", "mrpf@0.8",
                   "gap@0.8", "in_train@0.5")
 QUICK_BASELINES = ("dense", "shrinkbench@0.8")
@@ -80,7 +85,8 @@ PRUNER_QUICK = {**PRUNER_FULL, "rung_n_eval": 64}
 
 def bench_config(base_cfg: StudyConfig, *, name: str, out: Path, quick: bool, n_trials: int,
                  sampler: dict[str, Any], pgd_steps: int, baselines: Sequence[str] = (),
-                 space: dict[str, Any] | None = None, asha: bool = False) -> StudyConfig:
+                 space: dict[str, Any] | None = None, asha: bool = False,
+                 allocation: str | None = None) -> StudyConfig:
     """The study with a cheap measurement, the given sampler and budget, outputs in ``out``; with ``asha``
     MO-ASHA over fine-tuning rungs (cheaper rung measurements), else every trial runs in full."""
     raw = to_dict(base_cfg)
@@ -96,7 +102,24 @@ def bench_config(base_cfg: StudyConfig, *, name: str, out: Path, quick: bool, n_
     raw["threat"].update(steps=pgd_steps, alpha=round(2.5 * eps / pgd_steps, 6))  # Madry's 2.5 eps / steps
     if space is not None:
         raw["space"] = space
+    if allocation is not None:  # one per-layer parameterization, on the methods that take every allocation
+        raw["space"] = allocation_space(raw["space"], allocation)
     return build(StudyConfig, raw)
+
+
+def allocation_space(space: dict[str, Any], allocation: str) -> dict[str, Any]:
+    """``space`` with the score-based methods only and their allocation pinned to ``allocation``."""
+    out = dict(space)
+    out["prune.method"] = {"choices": SCORED_METHODS}
+    key = "prune.allocation@scored"
+    if key not in out:
+        raise SystemExit(f"bench: the space has no {key} to pin to {allocation!r}")
+    out[key] = {"value": allocation, "when": out[key].get("when", {})}
+    def reachable(v: Any) -> bool:  # a parameter only other methods have is dropped
+        methods = v.get("when", {}).get("prune.method") if isinstance(v, dict) else None
+        return methods is None or any(m in SCORED_METHODS for m in methods)
+
+    return {k: v for k, v in out.items() if reachable(v)}
 
 
 def _base_path(cfg: StudyConfig) -> Path:
@@ -535,7 +558,7 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"tpe": "tab:blue", "nsga2": "tab:orange", "random": "tab:green", "tpe+asha": "tab:red",
-              "random+asha": "tab:purple"}
+              "random+asha": "tab:purple", "tpe+asha/per_layer": "tab:brown", "tpe+asha/skewed": "tab:pink"}
     compute_lines = write_compute_plot(out, results, plt, colors)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sampler, pts in results["fronts"].items():
@@ -620,8 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="study for the 1-vs-2 worker throughput (only its sparsity is searched: equal trials)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="CPU seconds of trials per arm and seed (default 900; --quick 60)")
-    p.add_argument("--arms", nargs="*", default=[a[0] for a in ARMS], choices=[a[0] for a in ARMS],
-                   help="arms to compare (default: all; none: baselines and throughput only)")
+    p.add_argument("--arms", nargs="*", default=list(DEFAULT_ARMS), choices=[a[0] for a in ARMS],
+                   help=f"arms to compare (default: {' '.join(DEFAULT_ARMS)}; none: baselines and throughput "
+                        "only; tpe+asha/per_layer and tpe+asha/skewed compare per-layer allocations)")
     p.add_argument("--n-test", type=int, default=None,
                    help="held-out test images the final fronts are re-measured on (default 2000; --quick 500)")
     p.add_argument("--trials", type=int, default=None, help="(unused by the equal-compute comparison; "
@@ -710,17 +734,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # seeds outermost: an interrupted run still compares every arm on the seeds it finished
     arms = [a for a in ARMS if a[0] in args.arms]
-    for label, _, _ in arms:
+    for label, *_ in arms:
         results["compute"][label], results["studies"][label], results["points"][label] = [], [], []
         results["test"][label] = []
         results["states"][label] = {"complete": 0, "pruned": 0, "fail": 0}
     key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}
     for seed in args.seeds:
-        for label, sampler, asha in arms:
-            name = f"{label.replace('+', '_')}_s{seed}"
+        for label, sampler, asha, allocation in arms:
+            name = f"{label.replace('+', '_').replace('/', '_')}_s{seed}"
             cfg = bench_config(base_cfg, name=name, out=out, quick=args.quick, n_trials=0,
                                sampler={"name": sampler, "seed": seed, "options": sampler_opts[sampler]},
-                               pgd_steps=args.pgd_steps, asha=asha)
+                               pgd_steps=args.pgd_steps, asha=asha, allocation=allocation)
             storage = f"sqlite:///{out / f'{name}.db'}"
             t0 = time.perf_counter()
             study = run_until_budget(cfg, storage, args.budget_s)

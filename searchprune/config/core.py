@@ -115,7 +115,8 @@ class PruneConfig:
             removed physically).
         allocation: "global" (one threshold over all prunable layers), "uniform" (the same ratio
             per layer), "mrs" (ratios from module robustness sensitivity), "per_layer" (one ratio
-            per layer in ``layer_sparsity``), or "learned" (the method learns the mask itself).
+            per layer in ``layer_sparsity``), "skewed" (ratios from ``sparsity`` and the options
+            ``depth_skew``/``size_skew``), or "learned" (the method learns the mask itself).
         layer_sparsity: layer name -> sparsity, for the "per_layer" allocation.
         include_classifier: prune the final classifier too (HYDRA and LAMP do; ShrinkBench doesn't).
         include_first: prune the first conv.
@@ -124,7 +125,7 @@ class PruneConfig:
 
     method: str = "magnitude"
     granularity: Literal["weight", "kernel", "channel"] = "weight"
-    allocation: Literal["global", "uniform", "mrs", "per_layer", "learned"] = "global"
+    allocation: Literal["global", "uniform", "mrs", "per_layer", "skewed", "learned"] = "global"
     sparsity: float | None = 0.5
     compression: float | None = None
     layer_sparsity: Mapping[str, float] | None = None

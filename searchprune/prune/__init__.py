@@ -5,7 +5,7 @@ Layout (imports flow down this list, never up):
 * ``masks.py`` (prunable layers, mask parametrizations, folding) and ``units.py`` (weight / kernel /
   channel units); ``options.py`` (checks of option values); ``context.py`` (PruneContext,
   PruneReport, build_report); ``target.py`` (sparsity from a compression ratio);
-* ``allocation/``: the allocation registry (global, uniform, per_layer, mrs, learned);
+* ``allocation/``: the allocation registry (global, uniform, per_layer, mrs, skewed, learned);
 * ``structured.py`` (physical channel removal) and ``loading.py`` (pruned checkpoints);
 * ``method.py``: PruningMethod, its registry and ``check(cfg)``; ``api.py``: ``prune_``;
 * one file per criterion (``random``, ``magnitude``, ``gradient``, ``gap``, ``taylor``, ``hessian``,

@@ -127,3 +127,23 @@ def test_cpu_seconds_fall_back_to_wall_time(bench: ModuleType) -> None:
     assert bench.trial_cpu_s(t) == 12.0
     t.set_user_attr("cpu_s", 3.5)
     assert bench.trial_cpu_s(t) == 3.5
+
+
+@pytest.mark.parametrize("allocation,only", [("per_layer", "prune.layer_sparsity"),
+                                             ("skewed", "prune.options.depth_skew")])
+def test_allocation_arms_pin_one_per_layer_parameterization(bench: ModuleType, tmp_path: Path, allocation: str,
+                                                            only: str) -> None:
+    from searchprune.config import load_study_config
+    from searchprune.search import combinations, validate_study
+
+    full = load_study_config(ROOT / "studies" / "fmnist_full.yaml")
+    cfg = bench.bench_config(full, name="x", out=tmp_path, quick=True, n_trials=0, sampler={"name": "tpe"},
+                             pgd_steps=3, asha=True, allocation=allocation)
+    validate_study(cfg)  # every combination is a valid prune config
+    assert cfg.pruner.name == "mo_asha" and set(cfg.space["prune.method"].choices) == set(bench.SCORED_METHODS)
+    allocations = {c.get("prune.allocation@scored") for c in combinations(cfg.space)}
+    assert allocations == {allocation}
+    assert only in cfg.space and not any(k.endswith("@in_train") or "hydra" in k for k in cfg.space)
+    other = "prune.options.depth_skew" if allocation == "per_layer" else "prune.layer_sparsity"
+    # the other parameterization's parameters stay in the space but can never be active
+    assert all(other not in c and f"{other}.*" not in c for c in combinations(cfg.space))
