@@ -21,7 +21,7 @@ __all__ = ["tiny_config", "tiny_study_config", "write_yaml", "trials_of"]
 
 
 def tiny_config(tmp_path: Path, base: Path, *, name: str = "tiny", **overrides: Any) -> dict[str, Any]:
-    """A study mapping; ``overrides`` replace top-level sections (``space=..., gate=...``).
+    """A study mapping; ``overrides`` replace top-level sections (``space=..., pruner=...``).
 
     Args:
         tmp_path: where the study's outputs go (``runs/{name}``).

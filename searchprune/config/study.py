@@ -111,8 +111,9 @@ class PrunerConfig:
     ``min_epochs * eta**k`` below ``max_epochs``, one continuing run), is measured at each rung on
     ``rung_n_eval`` validation images with ``rung_pgd_steps`` PGD steps, and continues only while it
     ranks in the top ``1/eta`` of the trials that reached the rung (non-dominated sorting, hypervolume
-    contribution breaks ties). ``floors`` add absolute minimums checked at every rung (the old fixed
-    ``gate`` is ``floors`` with ``min_trials_per_rung`` above the study's trial count). The last
+    contribution breaks ties). ``floors`` add absolute minimums checked at every rung (the retired
+    fixed ``gate`` is one rung, ``max_epochs <= min_epochs * eta``, with ``floors`` and a
+    ``min_trials_per_rung`` above the study's trial count, so ranking never prunes). The last
     measurement is always the study's full evaluation. ``name: none`` runs every trial in full.
 
     Attributes:

@@ -95,6 +95,10 @@ def validate_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     validate_space(cfg.space)
     _check_space_configs(cfg)
     from_config(cfg.pruner)  # the pruner the workers will build (rungs, eta, floors)
+    if cfg.pruner.enabled and cfg.defaults.finetune is None and not any(
+            strip_tag(k).startswith("finetune.") for k in cfg.space):
+        raise ConfigError(f"pruner.name: {cfg.pruner.name!r} stops trials between fine-tuning rungs, but no trial "
+                          "of this study fine-tunes (defaults.finetune is null and the space has no finetune.*)")
     return baseline_trials(cfg)
 
 

@@ -72,6 +72,10 @@ def test_pruner_section_is_validated_at_create(tmp_path, base):
         tiny_study_config(tmp_path, base, gate={"enabled": True})
     cfg = _cfg(tmp_path, base, "ok", 1)
     assert build(type(cfg), to_dict(cfg)).pruner == cfg.pruner
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    nothing_to_halve = build(type(cfg), {**to_dict(cfg), "defaults": {"finetune": None}})
+    with pytest.raises(ConfigError, match="no trial of this study fine-tunes"):
+        create_study(nothing_to_halve, storage=url)
 
 
 def test_mo_asha_prunes_through_the_real_objective(tmp_path, base):
