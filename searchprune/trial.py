@@ -7,7 +7,8 @@ callback. Successive halving enters through ``rungs`` and ``on_rung``: fine-tuni
 rung budget inside one continuing run (same model, optimizer and schedule), the trial is measured
 cheaply (``ctx.rung_n_eval`` images, ``ctx.rung_pgd_steps`` PGD steps) and ``on_rung`` sees the
 metrics; whatever it raises (the study's ``optuna.TrialPruned``) ends the trial, and passes through
-here untouched. Nothing here writes files: the result carries the trial's model, and
+here untouched. Nothing here writes files (but the statistics cache in ``ctx.cache_dir``, see
+:mod:`searchprune.prune.cache`): the result carries the trial's model, and
 :func:`checkpoint_metadata` the record a caller saves with it
 (:class:`searchprune.search.objective.Objective` does, for a study).
 
