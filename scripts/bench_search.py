@@ -122,6 +122,15 @@ def allocation_space(space: dict[str, Any], allocation: str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if reachable(v)}
 
 
+def small_model_config(cfg: StudyConfig) -> StudyConfig:
+    """The study on ``mnist_small`` with a one-epoch base model of its own (``--small-model``, ``--quick``)."""
+    raw = to_dict(cfg)
+    train = {**(raw["model"].get("train") or {}), "epochs": 1}
+    raw["model"] = {**raw["model"], "arch": "mnist_small", "train": train,
+                    "checkpoint": "runs/base/mnist_small_fmnist_quick.pt"}
+    return build(StudyConfig, raw)
+
+
 def _base_path(cfg: StudyConfig) -> Path:
     p = Path(cfg.model.checkpoint or "runs/base/cnn8_fmnist_standard.pt")
     return p if p.is_absolute() else ROOT / p
@@ -663,9 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="re-measure the throughput (e.g. on a quiet machine) and update the report in --out")
     p.add_argument("--no-pg", action="store_true", help="skip the 1-vs-2 worker throughput measurement")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_search"))
+    p.add_argument("--small-model", action="store_true",
+                   help="compress mnist_small (base: 1 epoch) instead of the study's CNN-8 (implied by --quick)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run (< 20 min on 2 cores): 60 CPU-s per arm, 1 seed, 2 baselines, 512 training "
-                        "images, PGD-3, 500 test images, no throughput (add --pg-url to measure it)")
+                        "images, PGD-3, 500 test images, mnist_small instead of CNN-8 (its base model trains in "
+                        "seconds, CNN-8's takes over an hour on 2 shared cores), no throughput (add --pg-url)")
     args = p.parse_args(argv)
     # unset options take the --quick or the full default
     args.trials = args.trials or (8 if args.quick else 40)
@@ -673,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.n_test = args.n_test or (500 if args.quick else 2000)
     if args.quick and not args.pg_url:
         args.no_pg = True
+    args.small_model = args.small_model or args.quick
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.throughput_trials = args.throughput_trials or (4 if args.quick else 16)
     args.pgd_steps = args.pgd_steps or (3 if args.quick else 5)
@@ -685,7 +698,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = load_study_config(args.config)
-    # The base model exactly as fmnist_quick trains it (full recipe and data), shared with that study.
+    if args.small_model:
+        base_cfg = small_model_config(base_cfg)
+    # The base model exactly as the study trains it (full recipe and data), shared with that study.
     from searchprune._torch import get_device
     from searchprune.data import make_splits
 

@@ -147,3 +147,14 @@ def test_allocation_arms_pin_one_per_layer_parameterization(bench: ModuleType, t
     other = "prune.options.depth_skew" if allocation == "per_layer" else "prune.layer_sparsity"
     # the other parameterization's parameters stay in the space but can never be active
     assert all(other not in c and f"{other}.*" not in c for c in combinations(cfg.space))
+
+
+def test_small_model_keeps_the_space(bench: ModuleType) -> None:
+    from searchprune.config import load_study_config
+    from searchprune.search import validate_study
+
+    full = load_study_config(ROOT / "studies" / "fmnist_full.yaml")
+    small = bench.small_model_config(full)
+    assert small.model.arch == "mnist_small" and small.model.train.epochs == 1
+    assert small.space == full.space and small.model.checkpoint != full.model.checkpoint
+    validate_study(small)
