@@ -155,6 +155,6 @@ def test_small_model_keeps_the_space(bench: ModuleType) -> None:
 
     full = load_study_config(ROOT / "studies" / "fmnist_full.yaml")
     small = bench.small_model_config(full)
-    assert small.model.arch == "mnist_small" and small.model.train.epochs == 1
+    assert small.model.arch == "mnist_small" and small.model.train.max_batches == 150
     assert small.space == full.space and small.model.checkpoint != full.model.checkpoint
     validate_study(small)
