@@ -54,7 +54,8 @@ class StatCache:
 
     Args:
         directory: where entries are stored as files; None keeps them in memory only.
-        memory_items: entries kept in memory (least recently used dropped first).
+        memory_items: entries kept in memory per kind (least recently used dropped first), so whole
+            prune steps do not push the scores or transfer examples out.
     """
 
     def __init__(self, directory: str | Path | None = None, *, memory_items: int = 16) -> None:
@@ -62,7 +63,7 @@ class StatCache:
         self.memory_items = int(memory_items)
         self.hits: Counter[str] = Counter()
         self.misses: Counter[str] = Counter()
-        self._memory: OrderedDict[str, Any] = OrderedDict()
+        self._memory: dict[str, OrderedDict[str, Any]] = {}
         self._data_digests: dict[int, tuple[object, str]] = {}  # id(dataset) -> (the dataset, its digest)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -113,11 +114,12 @@ class StatCache:
     def _path(self, kind: str, key: str) -> Path | None:
         return None if self.directory is None else self.directory / f"{kind}-{key[:24]}.pt"
 
-    def _remember(self, key: str, value: Any) -> None:
-        self._memory[key] = value
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
+    def _remember(self, kind: str, key: str, value: Any) -> None:
+        memory = self._memory.setdefault(kind, OrderedDict())
+        memory[key] = value
+        memory.move_to_end(key)
+        while len(memory) > self.memory_items:
+            memory.popitem(last=False)
 
     def _read(self, path: Path, key: str) -> Any:
         try:
@@ -153,16 +155,17 @@ class StatCache:
             A deep copy of the cached value (callers may change it freely).
         """
         key = self.key(kind, parts)
-        if key in self._memory:
+        memory: Mapping[str, Any] = self._memory.get(kind, {})
+        if key in memory:
             self.hits[kind] += 1
-            self._memory.move_to_end(key)
-            return copy.deepcopy(self._memory[key])
+            self._memory[kind].move_to_end(key)
+            return copy.deepcopy(memory[key])
         path = self._path(kind, key) if disk else None
         if path is not None and path.exists():
             value = self._read(path, key)
             if value is not None:
                 self.hits[kind] += 1
-                self._remember(key, value)
+                self._remember(kind, key, value)
                 return copy.deepcopy(value)
         self.misses[kind] += 1
         if seeded:
@@ -171,7 +174,7 @@ class StatCache:
                 value = fn()
         else:
             value = fn()
-        self._remember(key, value)
+        self._remember(kind, key, value)
         if path is not None:
             self._write(path, key, value)
         return copy.deepcopy(value)

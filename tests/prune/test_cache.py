@@ -119,3 +119,14 @@ def test_channel_pruning_uses_the_same_cache() -> None:
         prune_(_net(), PruneConfig(method="taylor", granularity="channel", sparsity=sparsity), input_shape=(1, 8, 8),
                loader=loader, threat=THREAT, cache=cache)
     assert (cache.misses["scores"], cache.hits["scores"]) == (1, 1)
+
+
+def test_memory_is_bounded_per_kind() -> None:
+    cache = StatCache(memory_items=2)
+    cache.compute("scores", {"k": 0}, lambda: {"v": 0})
+    for i in range(5):  # many prune steps do not push the scores out
+        cache.compute("prune_step", {"k": i}, lambda: {"v": 1}, disk=False)
+    cache.compute("scores", {"k": 0}, lambda: {"v": 0})
+    assert cache.hits["scores"] == 1
+    cache.compute("prune_step", {"k": 0}, lambda: {"v": 1}, disk=False)  # the oldest step was dropped
+    assert cache.hits["prune_step"] == 0 and cache.misses["prune_step"] == 6
