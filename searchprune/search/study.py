@@ -167,13 +167,17 @@ def stored_config(study: optuna.Study) -> StudyConfig:
 
 
 def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Study, StudyConfig]:
-    """Opens an existing study and its stored config (``worker`` offsets the sampler seed)."""
+    """Opens an existing study and its stored config (``worker`` and the trials stored offset the sampler seed)."""
     store = make_storage(storage)
     names = optuna.get_all_study_names(store)
     if name not in names:
         raise ConfigError(f"no study named {name!r} in {storage}; studies there: {', '.join(names) or '(none)'}")
-    cfg = stored_config(optuna.load_study(study_name=name, storage=store))
-    # Parallel workers must not share a seed, or they would propose the same points.
-    seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker
+    stored = optuna.load_study(study_name=name, storage=store)
+    cfg = stored_config(stored)
+    # Parallel workers must not share a seed, or they would propose the same points; nor may a resumed
+    # study restart its sampler's stream (a seeded random sampler would repeat its first draws): the seed
+    # moves on with the trials already stored (a fresh study keeps the configured seed).
+    done = len(stored.get_trials(deepcopy=False))
+    seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker + 100_003 * done
     sampler = make_sampler(cfg.sampler.name, seed=seed, options=cfg.sampler.options)
     return optuna.load_study(study_name=name, storage=store, sampler=sampler), cfg

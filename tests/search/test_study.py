@@ -110,6 +110,27 @@ def test_dense_baseline_pins_what_the_sampler_would_pick(tmp_path):
     assert dense["prune.granularity@scored"] == "weight" and dense["prune.allocation@scored"] == "global"
 
 
+def test_a_resumed_study_does_not_replay_its_sampler(tmp_path):
+    """A seeded random sampler reloaded for a resumed study must not draw its first points again."""
+    from optuna.distributions import FloatDistribution
+
+    from searchprune.search import load_study
+
+    cfg = tiny_study_config(tmp_path, tmp_path / "base.pt", name="resume_draws")
+    create_study(cfg, storage=_url(tmp_path))
+    draws = []
+    for _ in range(2):
+        study, _ = load_study("resume_draws", _url(tmp_path))
+        t = study.ask({"x": FloatDistribution(0, 1)})
+        draws.append(t.params["x"])
+        study.tell(t, state=TrialState.FAIL)
+    assert draws[0] != draws[1]
+    fresh_a, _ = load_study("resume_draws", _url(tmp_path))
+    fresh_b, _ = load_study("resume_draws", _url(tmp_path))  # same stored trials: same, reproducible stream
+    x = FloatDistribution(0, 1)
+    assert fresh_a.ask({"x": x}).params["x"] == fresh_b.ask({"x": x}).params["x"]
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 
 
