@@ -26,7 +26,7 @@ point (0, 0, 1), the same as ``searchprune study show``.
 Outputs in ``--out`` (default ``runs/bench_search``): ``hv_vs_compute.png``, ``pareto.png``,
 ``results.md``, ``results.json`` (everything, including the curves).
 
-    python scripts/bench_search.py --quick          # 1 seed, 60 CPU-s per arm: < 20 min on 2 cores
+    python scripts/bench_search.py --quick          # 1 seed, 30 CPU-s per arm, mnist_small: < 20 min on 2 cores
     python scripts/bench_search.py --budget-s 900 --seeds 0 1 2   # the full comparison
 
 Studies are resumed (each its own SQLite file; a study continues until its budget is spent), test
@@ -655,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--throughput-config", default=str(ROOT / "studies" / "fmnist_quick.yaml"),
                    help="study for the 1-vs-2 worker throughput (only its sparsity is searched: equal trials)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="CPU seconds of trials per arm and seed (default 900; --quick 60)")
+                   help="CPU seconds of trials per arm and seed (default 900; --quick 30)")
     p.add_argument("--arms", nargs="*", default=list(DEFAULT_ARMS), choices=[a[0] for a in ARMS],
                    help=f"arms to compare (default: {' '.join(DEFAULT_ARMS)}; none: baselines and throughput "
                         "only; tpe+asha/per_layer and tpe+asha/skewed compare per-layer allocations)")
@@ -679,13 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--small-model", action="store_true",
                    help="compress mnist_small (base: 150 batches) instead of the study's CNN-8 (implied by --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run (< 20 min on 2 cores): 60 CPU-s per arm, 1 seed, 2 baselines, 512 training "
+                   help="smoke run (< 20 min on 2 cores): 30 CPU-s per arm, 1 seed, 2 baselines, 512 training "
                         "images, PGD-3, 500 test images, mnist_small instead of CNN-8 (its base model trains in "
                         "seconds, CNN-8's takes over an hour on 2 shared cores), no throughput (add --pg-url)")
     args = p.parse_args(argv)
     # unset options take the --quick or the full default
     args.trials = args.trials or (8 if args.quick else 40)
-    args.budget_s = args.budget_s or (60.0 if args.quick else 900.0)
+    args.budget_s = args.budget_s or (30.0 if args.quick else 900.0)
     args.n_test = args.n_test or (500 if args.quick else 2000)
     if args.quick and not args.pg_url:
         args.no_pg = True
