@@ -195,8 +195,11 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
 
 
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
-                 device: str | None = None, rule: Rule | None = None, verify: bool = True) -> dict[str, Any]:
+                 device: str | None = None, rule: Rule | None = None, verify: bool = True,
+                 progress: bool = True) -> dict[str, Any]:
     """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
+
+    ``progress`` reports the test split's strong attacks (a bar, or a line every 30 s off a terminal).
 
     Raises:
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
@@ -228,7 +231,8 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
 
     # 2. The test split, with the strong ensemble.
     test_loader = BatchLoader(splits.test, cfg.data.eval_batch_size, device=dev)
-    test = evaluate(model, test_loader, cfg.threat, attacks=tuple(dict.fromkeys(("pgd", *cfg.eval.export_attacks))))
+    test = evaluate(model, test_loader, cfg.threat, attacks=tuple(dict.fromkeys(("pgd", *cfg.eval.export_attacks))),
+                    progress=progress, desc="export test")
     test_metrics = {"clean_acc": test.clean, "worst_acc": test.worst, "n": test.n,
                     **{f"acc_{k}": v for k, v in test.robust.items()}}
 
