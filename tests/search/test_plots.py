@@ -3,69 +3,14 @@ hypervolume vs trials and compute, stage-wise robustness, files and the dashboar
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from _handmade import handmade_study as _study
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
-from searchprune.config import StudyConfig, build, to_dict
-from searchprune.search import CONFIG_ATTR, DIRECTIONS, OBJECTIVE_NAMES, PROJECTIONS, figures, write_plots
+from searchprune.search import DIRECTIONS, OBJECTIVE_NAMES, PROJECTIONS, figures, write_plots
 from searchprune.search.plot_data import front_2d, hypervolume_history, metric, trial_points
 from searchprune.search.reports import study_hypervolume
-
-DENSE_MACS = 1_000_000.0
-MAX_MACS = 600_000.0
-DISTS = {"prune.sparsity": FloatDistribution(0.0, 0.9),
-         "prune.method": CategoricalDistribution(["magnitude", "lamp", "l1_filter"]),
-         "prune.granularity": CategoricalDistribution(["weight", "channel"]),
-         "finetune.recipe": CategoricalDistribution(["none", "standard", "fast"]),
-         "quant.mode": CategoricalDistribution(["none", "ptq"]),
-         "quant.weight_bits": IntDistribution(4, 8, step=4)}
-
-
-def _study(tmp_path: Path, *, certified: bool = True, constraints: bool = True, n: int = 14) -> optuna.Study:
-    """A study of made-up trials shaped like real ones, with two baselines and certified test numbers."""
-    rng = random.Random(0)
-    study = optuna.create_study(directions=DIRECTIONS, study_name="handmade")  # in memory: fast
-    study.set_metric_names(OBJECTIVE_NAMES["macs"])
-    study.set_user_attr(CONFIG_ATTR, to_dict(build(StudyConfig, {"name": "handmade"})))
-
-    def add(params: dict, clean: float, robust: float, macs: float, **attrs) -> None:
-        stages = {"stage_prune_clean_acc": clean - 0.2, "stage_prune_pgd_acc": robust - 0.2,
-                  "stage_finetune_clean_acc": clean, "stage_finetune_pgd_acc": robust}
-        if params.get("quant.mode") == "ptq":
-            stages |= {"stage_quantize_clean_acc": clean - 0.01, "stage_quantize_pgd_acc": robust - 0.01}
-        test = {"test_clean_acc": clean - 0.02, "test_worst_acc": robust - 0.05} if certified else {}
-        cons = {"max_macs": (macs - MAX_MACS) / MAX_MACS} if constraints else None
-        study.add_trial(optuna.trial.create_trial(
-            values=[clean, robust, macs], params=params, distributions={k: DISTS[k] for k in params},
-            user_attrs={"dense_macs": DENSE_MACS, "macs": macs, "time_s": 10.0, **stages, **test, **attrs},
-            constraints=cons))
-
-    # baselines first, as create_study enqueues them: the dense model and a named one
-    add({"prune.sparsity": 0.0, "prune.method": "magnitude", "prune.granularity": "weight",
-         "finetune.recipe": "none", "quant.mode": "none"}, 0.92, 0.30, DENSE_MACS, baseline=True)
-    add({"prune.sparsity": 0.5, "prune.method": "l1_filter", "prune.granularity": "channel",
-         "finetune.recipe": "fast", "quant.mode": "none"}, 0.85, 0.45, 0.5 * DENSE_MACS, baseline=True,
-        baseline_name="dense_aft")
-    for _ in range(n):
-        s = rng.uniform(0.3, 0.9)
-        method = rng.choice(["magnitude", "lamp", "l1_filter"])
-        recipe = rng.choice(["none", "standard", "fast"])
-        qmode = rng.choice(["none", "ptq"])
-        params = {"prune.sparsity": s, "prune.method": method, "finetune.recipe": recipe, "quant.mode": qmode,
-                  "prune.granularity": "channel" if method == "l1_filter" else "weight"}
-        if qmode == "ptq":
-            params["quant.weight_bits"] = 8
-        clean = 0.9 - 0.3 * s**2 + rng.uniform(-0.02, 0.02)
-        robust = 0.5 - 0.2 * s + (0.1 if recipe == "fast" else 0.0) + rng.uniform(-0.02, 0.02)
-        add(params, clean, robust, DENSE_MACS * (1 - s))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"time_s": 3.0}))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-    return study
 
 
 def _traces(fig, prefix: str = "") -> list:
@@ -81,8 +26,8 @@ def test_front_2d_is_the_projections_own_pareto_set():
     assert front_2d([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)], (True, True)) == [0, 1, 2]
 
 
-def test_pair_figures_are_labelled_and_draw_the_2d_front(tmp_path):
-    study = _study(tmp_path)
+def test_pair_figures_are_labelled_and_draw_the_2d_front():
+    study = _study()
     figs = figures(study)
     points = {p.number: p for p in trial_points(study)}
     names = OBJECTIVE_NAMES["macs"]
@@ -126,18 +71,18 @@ def test_pair_figures_are_labelled_and_draw_the_2d_front(tmp_path):
     assert some_3d_member_off_a_2d_front, "the made-up study must show why 3-D 'best' is not the 2-D front"
 
 
-def test_certified_front_only_with_test_attrs(tmp_path):
-    figs = figures(_study(tmp_path / "a"))
+def test_certified_front_only_with_test_attrs():
+    figs = figures(_study())
     fig = figs["certified_front"][0]
     panels = [a.text for a in fig.layout.annotations]
     assert panels[0] == "search (validation)" and panels[1].startswith("certified (test")
     y2 = [tr for tr in fig.data if tr.yaxis == "y2" and tr.name == "2-D Pareto front"]
     assert len(y2) == 1
-    assert "certified_front" not in figures(_study(tmp_path / "b", certified=False))
+    assert "certified_front" not in figures(_study(certified=False))
 
 
-def test_hypervolume_vs_trials_and_compute(tmp_path):
-    study = _study(tmp_path)
+def test_hypervolume_vs_trials_and_compute():
+    study = _study()
     h = hypervolume_history(study)
     n_finished = 14 + 2 + 2  # completed + pruned + failed
     assert h["trials"] == list(range(1, n_finished + 1))
@@ -149,12 +94,12 @@ def test_hypervolume_vs_trials_and_compute(tmp_path):
     assert list(fig.data[0].y) == h["hypervolume"] and list(fig.data[1].x) == h["compute_s"]
     assert fig.layout.xaxis2.title.text == "compute (trial time, s)"
     # infeasible trials add nothing
-    unconstrained = hypervolume_history(_study(tmp_path / "free", constraints=False))
+    unconstrained = hypervolume_history(_study(constraints=False))
     assert unconstrained["hypervolume"][-1] > h["hypervolume"][-1]
 
 
-def test_stagewise_is_the_pareto_set(tmp_path):
-    study = _study(tmp_path)
+def test_stagewise_is_the_pareto_set():
+    study = _study()
     fig = figures(study)["stagewise"][0]
     pareto = {t.number for t in study.best_trials}
     drawn = {int(tr.name.split()[1]) for tr in fig.data if tr.showlegend}
@@ -167,7 +112,7 @@ def test_stagewise_is_the_pareto_set(tmp_path):
 
 
 def test_write_plots_files_and_dashboard(tmp_path):
-    study = _study(tmp_path)
+    study = _study()
     out = tmp_path / "plots"
     written = write_plots(study, out)
     expected = {"pareto_3d", "pareto_robust_acc_vs_clean_acc", "pareto_macs_vs_robust_acc", "pareto_macs_vs_clean_acc",
@@ -189,7 +134,7 @@ def test_write_plots_files_and_dashboard(tmp_path):
 
 
 def test_pareto_3d_keeps_infeasible_apart_and_empty_study_plots(tmp_path):
-    study = _study(tmp_path)
+    study = _study()
     fig = figures(study)["pareto_3d"][0]
     grey = [tr for tr in fig.data if "Infeasible Trial" in (tr.hovertemplate or "")]
     assert len(grey) == 1 and fig.data[0].type == "scatter3d"
