@@ -47,7 +47,7 @@ def handmade_study(*, certified: bool = True, constraints: bool = True, n: int =
     add({"prune.sparsity": 0.5, "prune.method": "l1_filter", "prune.granularity": "channel",
          "finetune.recipe": "fast", "quant.mode": "none"}, 0.85, 0.45, 0.5 * DENSE_MACS, baseline=True,
         baseline_name="dense_aft")
-    for _ in range(n):
+    for k in range(n):
         s = rng.uniform(0.3, 0.9)
         method = rng.choice(["magnitude", "lamp", "l1_filter"])
         recipe = rng.choice(["none", "standard", "fast"])
@@ -58,7 +58,8 @@ def handmade_study(*, certified: bool = True, constraints: bool = True, n: int =
             params["quant.weight_bits"] = 8
         clean = 0.9 - 0.3 * s**2 + rng.uniform(-0.02, 0.02)
         robust = 0.5 - 0.2 * s + (0.1 if recipe == "fast" else 0.0) + rng.uniform(-0.02, 0.02)
-        add(params, clean, robust, DENSE_MACS * (1 - s))
+        # the masking checks' flags, as the objective stores them: one trial flagged
+        add(params, clean, robust, DENSE_MACS * (1 - s), flag_strong_gap=k == 3, flag_zero_grad=False)
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"time_s": 3.0}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     return study
