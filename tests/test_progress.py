@@ -111,3 +111,13 @@ def test_evaluate_reports_images(capsys, monkeypatch):
         "certify[pgd]: 16/40 img (40%)", "certify[pgd]: 32/40 img (80%)", "certify[pgd]: 40/40 img (100%)",
         "certify[pgd]: 40/40 img (100%)"]
     assert f"clean {res.clean:.4g}" in lines[-1] and "worst" in lines[-1]
+
+
+def test_terminal_gets_a_tqdm_bar_with_the_numbers():
+    out = io.StringIO()
+    with Progress(4, "train[fast]", stream=out, terminal=True) as p:
+        assert p.bar is not None
+        p.update(2, images=64, epoch=0, loss=0.5, acc=0.75)
+        p.bar.refresh()
+    text = out.getvalue()
+    assert "train[fast]" in text and "loss=0.5" in text and "acc=0.75" in text and "2/4" in text
