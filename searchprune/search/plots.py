@@ -176,7 +176,7 @@ def _draw_pair_mpl(ax: Any, points: Sequence[TrialPoint], names: Sequence[str], 
     ax.set_ylabel(my.axis)
     ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
 
 
 def _pair_figures(study: optuna.Study, points: Sequence[TrialPoint], style: _Style) -> Figures:
@@ -219,8 +219,8 @@ def _certified(study: optuna.Study, points: Sequence[TrialPoint], style: _Style)
     names, mx = _names(study), maximized(study)
     cost = names[2]
     certified = [p for p in points if p.value(robust, names) is not None]
-    panels = [("search (validation)", points, names[1]), (f"certified (test, {metric(robust).label})", certified,
-                                                          robust)]
+    label = metric(robust.removeprefix("test_")).label
+    panels = [("search (validation)", points, names[1]), (f"certified (test split, {label})", certified, robust)]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=[t for t, _, _ in panels])
     for k, (_, ps, y) in enumerate(panels):
         _add_pair_plotly(fig, ps, names, cost, y, (mx[2], True), style, row=1, col=k + 1, legend=k == 0)
@@ -228,9 +228,9 @@ def _certified(study: optuna.Study, points: Sequence[TrialPoint], style: _Style)
     fig.update_layout(title=title, template="plotly_white", legend={"font": {"size": 10}})
 
     def draw() -> Any:
-        f, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+        f, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
         for k, (ax, (sub, ps, y)) in enumerate(zip(axes, panels)):
-            _draw_pair_mpl(ax, ps, names, cost, y, (mx[2], True), style, legend=k == 0)
+            _draw_pair_mpl(ax, ps, names, cost, y, (mx[2], True), style, legend=k == 1)
             ax.set_title(sub, fontsize=10)
         f.suptitle(title, fontsize=11)
         return f
@@ -287,6 +287,10 @@ def stage_rows(study: optuna.Study, points: Sequence[TrialPoint]) -> list[tuple[
     return out
 
 
+def _stage_label(p: TrialPoint) -> str:
+    return f"trial {p.number} ({p.method}, {p.recipe}, {p.bits}-bit)" + (f" [{p.baseline}]" if p.baseline else "")
+
+
 def _stagewise(study: optuna.Study, points: Sequence[TrialPoint], style: _Style) -> Figures:
     rows = stage_rows(study, points)
     if not rows:
@@ -295,28 +299,28 @@ def _stagewise(study: optuna.Study, points: Sequence[TrialPoint], style: _Style)
     title = "stage-wise accuracy of the Pareto set (after prune / fine-tune / quantize)"
     fig = make_subplots(rows=1, cols=2, subplot_titles=[k[1] for k in kinds])
     for c, (key, label) in enumerate(kinds):
-        for p, stages in rows:
+        for k, (p, stages) in enumerate(rows):  # one colour per trial: the lines are told apart
             fig.add_trace(go.Scatter(
                 x=stages, y=[100 * float(p.attrs.get(f"stage_{s}_{key}", float("nan"))) for s in stages],
-                mode="lines+markers", name=f"trial {p.number} ({p.method}, {p.recipe}, {p.bits}-bit)",
-                legendgroup=str(p.number), showlegend=c == 0,
-                marker={"color": style.colour(p.method), "symbol": style.shape(p.recipe)[0], "size": 9}),
+                mode="lines+markers", name=_stage_label(p), legendgroup=str(p.number), showlegend=c == 0,
+                line={"color": _COLOURS[k % len(_COLOURS)]},
+                marker={"color": _COLOURS[k % len(_COLOURS)], "symbol": style.shape(p.recipe)[0], "size": 9}),
                 row=1, col=c + 1)
         fig.update_yaxes(title_text=label, row=1, col=c + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(STAGES))
     fig.update_layout(title=title, template="plotly_white")
 
     def draw() -> Any:
-        f, axes = plt.subplots(1, 2, figsize=(10, 4))
+        f, axes = plt.subplots(1, 2, figsize=(12, 4))
         order = {s: i for i, s in enumerate(STAGES)}
         for ax, (key, label) in zip(axes, kinds):
-            for p, stages in rows:
+            for k, (p, stages) in enumerate(rows):
                 ax.plot([order[s] for s in stages], [100 * float(p.attrs[f"stage_{s}_{key}"]) for s in stages],
-                        marker=style.shape(p.recipe)[1], color=style.colour(p.method), label=f"trial {p.number}")
+                        marker=style.shape(p.recipe)[1], color=_COLOURS[k % len(_COLOURS)], label=_stage_label(p))
             ax.set_xticks(range(len(STAGES)), list(STAGES))
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         f.suptitle(title, fontsize=11)
         return f
 
@@ -383,7 +387,8 @@ def figures(study: optuna.Study) -> Figures:
 
 
 def _save_png(draw: Callable[[], Any], path: Path) -> None:
-    ax = draw()
+    with plt.style.context("default"):  # Optuna's matplotlib views switch the global style to ggplot
+        ax = draw()
     # a Figure from our drawings; Axes (or an array of them) from Optuna's
     first = ax.flat[0] if hasattr(ax, "flat") else ax
     figure = first.figure if hasattr(first, "figure") and not isinstance(first, matplotlib.figure.Figure) else first

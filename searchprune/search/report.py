@@ -86,7 +86,8 @@ def _num(v: Any, name: str) -> str:
 
 
 def _png(draw: Any) -> str:
-    ax = draw()
+    with plt.style.context("default"):  # as plots.write_plots: Optuna's views switch to ggplot globally
+        ax = draw()
     first = ax.flat[0] if hasattr(ax, "flat") else ax
     fig = first if isinstance(first, matplotlib.figure.Figure) else first.figure
     buf = io.BytesIO()
