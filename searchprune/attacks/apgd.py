@@ -50,7 +50,6 @@ from ._base import (
     eval_mode,
     fast_layout,
     input_grad,
-    predict,
     project,
     register_attack,
 )
