@@ -98,7 +98,8 @@ def hyperplane_projection(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, nor
     above_prev = torch.where(k > 0, above.gather(1, prev).squeeze(1), weights_s.sum(dim=1))
     lam = ((c - below_prev) / above_prev.clamp_min(1e-30)).clamp_min(0)
     lam = torch.where(reachable, lam, torch.full_like(lam, float("inf")))[:, None]
-    move = torch.minimum(lam, room) if norm == "linf" else torch.minimum(lam * mag, room)
+    grow = lam if norm == "linf" else lam * mag  # lam = inf (unreachable) x mag = 0 is nan: masked next
+    move = torch.where(mag > 0, torch.minimum(grow, room), torch.zeros_like(room))
     return -torch.sign(w) * move
 
 

@@ -8,7 +8,7 @@ installs it with ``--no-deps``; the cross-checks skip without it, the other test
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -40,7 +40,7 @@ def _data10(n: int, seed: int, hw: int = 12) -> tuple[torch.Tensor, torch.Tensor
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
+def _one_thread() -> Iterator[None]:
     """Attack loops are many small ops: one thread is faster than two fighting for a busy CPU."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -280,7 +280,7 @@ def test_scaled_ce_keeps_a_gradient_where_ce_underflows() -> None:
     y = torch.tensor([0])
     (g_ce,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), logits)
     (g_sc,) = torch.autograd.grad(scaled_ce(logits, y, temperature=1.0), logits)
-    assert g_ce.abs().max() == 0 and g_sc.abs().max() > 1e-3
+    assert g_ce.abs().max() == 0 and g_sc.abs().max() > 1e-5
 
 
 def test_pgd_scaled_rejects_a_bad_temperature(net, test_set) -> None:
