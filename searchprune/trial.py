@@ -78,6 +78,7 @@ class TrialContext:
     rung_pgd_steps: int | None = None
     stat_cache: StatCache | None = None
     prune_seed: int = 0
+    progress: bool = False  # fine-tuning reports progress (searchprune._progress: bar or 30 s lines)
     _base_digest: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -214,7 +215,7 @@ def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: 
 
     pause_at = tuple(rungs) if on_rung is not None else ()
     train_(model, ctx.train_loader(cfg.batch_size, seed=cfg.seed), cfg, threat=ctx.threat,
-           pause_at=pause_at, on_pause=pause if pause_at else None)
+           pause_at=pause_at, on_pause=pause if pause_at else None, progress=ctx.progress)
 
 
 def _prune_step(model: nn.Module, params: TrialParams, ctx: TrialContext) -> tuple[nn.Module, PruneReport]:

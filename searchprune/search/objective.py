@@ -60,7 +60,7 @@ def build_context(cfg: StudyConfig, *, device: str | None = None,
         base_model=model.to(dev).eval(), base_meta={k: meta[k] for k in ("model", "dataset")}, splits=splits,
         threat=cfg.threat, eval=cfg.eval, device=dev, eval_batch_size=cfg.data.eval_batch_size,
         cache_dir=cfg.out_path.resolve() / "cache", rung_n_eval=cfg.pruner.rung_n_eval,
-        rung_pgd_steps=cfg.pruner.rung_pgd_steps,
+        rung_pgd_steps=cfg.pruner.rung_pgd_steps, progress=progress,
     )
 
 

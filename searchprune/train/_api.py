@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .._progress import Progress
 from .._registry import Registry
 from .._torch import model_device, seed_everything
 from ..attacks import Precision, autocast, conv_layout, fast_layout
@@ -186,15 +186,17 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
             penalty, say); the reported loss includes it.
         epoch_callback: ``epoch_callback(epoch, record)`` after each epoch; returning True stops
             training early.
-        pause_at: epoch budgets (fractions allowed, increasing; those at or past the run's end are
-            ignored) at which training
-            pauses inside the one run: ``on_pause(i, epochs_done)`` is called after the batch that
-            completes budget ``i`` (``epochs_done`` = batches run / batches per epoch), then training
-            continues with the same optimizer state and the same schedule, so pausing changes nothing
-            the training computes (the global RNG state is restored after the callback, and the model's
-            train mode). Successive halving measures a trial here and may stop it by raising.
+        pause_at: increasing epoch budgets (fractions allowed) at which training pauses inside the one
+            run: ``on_pause(i, epochs_done)`` is called after batch ``max(1, round(budget_i * per_epoch))``
+            (``epochs_done`` = batches run / batches per epoch; budgets that round to one batch pause
+            there together; those at or past the run's end are dropped), then training continues with
+            the same optimizer state and the same schedule, so pausing changes nothing the training
+            computes (the global RNG state is restored after the callback, and the model's train
+            mode). Successive halving measures a trial here and may stop it by raising.
         on_pause: the callback for ``pause_at`` (required when ``pause_at`` is given).
-        progress: show a tqdm bar with the running loss and accuracy.
+        progress: report progress (:class:`searchprune._progress.Progress`): a tqdm bar with the
+            running loss and accuracy on a terminal, a line at least every 30 s otherwise (epoch,
+            images/s, elapsed, estimate).
         precision: "fp32", or "bf16" to run forward passes (and training-time attacks) under
             bfloat16 autocast: about 2x faster on CPUs with AVX-512 bf16.
 
@@ -225,7 +227,7 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     history: list[dict[str, float]] = []
     step = 0
     flags = [(m, m.training) for m in model.modules()]
-    bar = tqdm(total=total, desc=f"train[{cfg.recipe}]", disable=not progress, leave=False)
+    bar = Progress(total, f"train[{cfg.recipe}]", enabled=progress)
     try:
         with conv_layout(model):
             model.train()
@@ -258,13 +260,12 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
                     images += len(y)
                     done += 1
                     step += 1
-                    bar.update(1)
+                    if progress:  # reading the on-device sums syncs: only when someone looks
+                        bar.update(1, images=len(y), epoch=epoch, loss=float(loss_sum) / images,
+                                   acc=int(correct) / images, lr=lr)
                     for i in pauses.get(step, ()):
                         assert on_pause is not None
                         _pause(model, on_pause, i, step / per_epoch)
-                    if progress:
-                        bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / images:.4f}",
-                                        acc=f"{int(correct) / images:.3f}", lr=f"{lr:.2e}")
                     if done == n_batches:  # fractional epoch or max_batches: draw no further batch
                         break
                 record = {"epoch": epoch, "loss": float(loss_sum) / max(images, 1),
