@@ -141,10 +141,15 @@ def baseline_space(cfg: StudyConfig) -> dict[str, Any]:
     """A space in which every seed recipe is expressible. The baselines study runs only its enqueued
     trials, so the width costs nothing; fine-tuning epochs and learning rate stay at the defaults."""
     sparsity = to_dict(cfg.space).get("prune.sparsity", {"low": 0.3, "high": 0.95})
-    return {
+    scored = ["magnitude", "gradient", "taylor", "gap"]
+    return {  # each method only with what it takes (validate_study refuses impossible combinations)
         "prune.method": ["magnitude", "gradient", "taylor", "l1_filter", "gap", "hydra", "in_train"],
-        "prune.granularity": ["weight", "channel"],
-        "prune.allocation": ["global", "uniform", "mrs", "learned"],
+        "prune.granularity@scored": {"choices": ["weight", "channel"], "when": {"prune.method": [*scored, "in_train"]}},
+        "prune.granularity@filter": {"value": "channel", "when": {"prune.method": ["l1_filter"]}},
+        "prune.granularity@hydra": {"value": "weight", "when": {"prune.method": ["hydra"]}},
+        "prune.allocation@scored": {"choices": ["global", "uniform", "mrs"],
+                                    "when": {"prune.method": [*scored, "l1_filter"]}},
+        "prune.allocation@learned": {"value": "learned", "when": {"prune.method": ["hydra", "in_train"]}},
         "prune.sparsity": sparsity,
         "finetune.recipe": ["none", "standard", "fast", "pgd", "trades"],
         "quant.mode": ["none"],
@@ -440,10 +445,6 @@ def run_baselines(base_cfg: StudyConfig, out: Path, entries: Sequence[str],
     queue: list[tuple[str, dict[str, Any]]] = []
     for entry in entries:
         for params in baseline_trials(build(StudyConfig, {**to_dict(cfg), "baselines": [entry]})):
-            if entry.partition("@")[0] == "dense":
-                # sparsity 0 prunes nothing, but pin the method so the sampler does not pick, say, in_train
-                params = {"prune.method": "magnitude", "prune.granularity": "weight",
-                          "prune.allocation": "global", **params}
             label = entry if "@" in entry or entry == "dense" else f"{entry}@{params['prune.sparsity']:g}"
             queue.append((label, params))
     # no successive halving: each recipe is measured in full (the study's constraints still apply)
