@@ -34,6 +34,11 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="study YAML: address the study it describes")
 
 
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-factory", metavar="MODULE:FN",
+                   help="import and call this model factory if the checkpoint names it (never done otherwise)")
+
+
 def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
 
@@ -102,7 +107,10 @@ def cmd_study_export(a: argparse.Namespace) -> int:
         rule = parse_rule(a.rule)
         trial = select_trial(study, rule)
     print(f"exporting trial {trial.number} to {a.out} ...", flush=True)
-    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify)
+    # a factory runs only when the user says so: --trust-factory, or the study YAML they pass names it
+    trust = a.trust_factory or (load_study_config(a.config).model.factory if a.config else None)
+    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify,
+                        trust_factory=trust)
     v = meta["verification"]
     print(f"verified on validation: clean {v['clean_acc']['export']:.4f} (trial {v['clean_acc']['trial']:.4f}), "
           f"PGD {v['pgd_acc']['export']:.4f} (trial {v['pgd_acc']['trial']:.4f})")
@@ -124,7 +132,7 @@ def cmd_study_dashboard(a: argparse.Namespace) -> int:
 
     art = a.artifacts or study.user_attrs.get("artifact_dir")
     store = FileSystemArtifactStore(art) if art and Path(art).is_dir() else None
-    store_obj = make_storage(storage)
+    store_obj = make_storage(storage, create=False)
     study_id = store_obj.get_study_id_from_name(name)
     print(f"optuna-dashboard for {name!r}: http://{a.host}:{a.port}/dashboard/studies/{study_id}", flush=True)
     print("(Ctrl-C to stop)", flush=True)
@@ -169,7 +177,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .search import evaluate_export  # lazy: keeps --help fast
 
     res = evaluate_export(a.path, device=a.device, attacks=tuple(a.attacks) if a.attacks else None,
-                          data_dir=a.data_dir)
+                          data_dir=a.data_dir, trust_factory=a.trust_factory)
     m, r = res["measured"], res["recorded"]
     print(f"test ({m['n']} images), threat {res['threat']}")
     for k in m:
@@ -220,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rule", help="e.g. 'max robust_acc where macs <= 5e6 and clean_acc >= 0.85'")
     p.add_argument("--out", required=True, help="export directory")
     p.add_argument("--no-verify", action="store_true", help="skip the re-evaluation check (not recommended)")
+    _trust_arg(p)
     _device_arg(p)
     p.set_defaults(fn=cmd_study_export)
 
@@ -246,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="export directory")
     p.add_argument("--attacks", nargs="+", help="attacks to run (default: the export's ensemble)")
     p.add_argument("--data-dir", help="where the dataset lives on this machine")
+    _trust_arg(p)
     _device_arg(p)
     p.set_defaults(fn=cmd_eval)
     return parser

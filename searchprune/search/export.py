@@ -27,6 +27,7 @@ clean or PGD accuracy differ beyond noise; then it measures the test split.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -47,11 +48,12 @@ from .._torch import get_device, seed_everything
 from ..attacks import evaluate
 from ..checkpoint import load_checkpoint, versions
 from ..config import DataConfig, ThreatModel, build, to_dict
-from ..data import BatchLoader, make_splits
+from ..data import ArrayDataset, BatchLoader, make_splits
 from ..errors import ConfigError
 from .study import stored_config
 
-__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
+__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch",
+           "split_fingerprint"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
@@ -194,11 +196,28 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     return written
 
 
+def split_fingerprint(split: ArrayDataset) -> str:
+    """sha256 of a split's images and labels as loaded: the test split an export was measured on."""
+    h = hashlib.sha256()
+    for t in (split.images, split.labels):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
-                 device: str | None = None, rule: Rule | None = None, verify: bool = True) -> dict[str, Any]:
+                 device: str | None = None, rule: Rule | None = None, verify: bool = True,
+                 trust_factory: str | None = None) -> dict[str, Any]:
     """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
 
+    Args:
+        trust_factory: the ``"module:function"`` model factory the caller trusts; a trial
+            checkpoint naming any other factory is refused before anything is imported.
+
     Raises:
+        ConfigError: the trial's checkpoint holds another model or dataset than the study's, or
+            names an untrusted factory.
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
     """
     cfg = stored_config(study)
@@ -207,7 +226,8 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = _fetch_checkpoint(study, trial, out / "model.pt")
-    model, meta = load_checkpoint(ckpt)
+    model, meta = load_checkpoint(ckpt, expect_model={"arch": cfg.model.arch, "factory": cfg.model.factory},
+                                  expect_dataset={"name": cfg.data.dataset}, trust_factory=trust_factory)
     dev = get_device(device)
     model = model.to(dev).eval()
     splits = make_splits(cfg.data)
@@ -239,7 +259,7 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
         "params": trial.params, "seed": ua.get("seed"), "values": trial.values,
         "metric_names": study.metric_names,
         "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
-        "verification": checks, "test_metrics": test_metrics,
+        "verification": checks, "test_metrics": test_metrics, "test_sha256": split_fingerprint(splits.test),
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
         "quant": meta.get("quant"), "finetune": meta.get("finetune"), "files": {"checkpoint": "model.pt", **plain},
@@ -249,16 +269,28 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
     return metadata
 
 
-def load(path: str | Path) -> torch.nn.Module:
-    """Rebuilds an exported (or any searchprune) model from a directory or checkpoint file."""
+def load(path: str | Path, *, trust_factory: str | None = None,
+         expect_dataset: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Rebuilds an exported (or any searchprune) model from a directory or checkpoint file.
+
+    Nothing the file names is imported: a checkpoint of a user's own model factory loads only
+    with ``trust_factory="module:function"`` naming exactly that factory.
+    """
     p = Path(path)
-    model, _ = load_checkpoint(p / "model.pt" if p.is_dir() else p)
+    model, _ = load_checkpoint(p / "model.pt" if p.is_dir() else p, trust_factory=trust_factory,
+                               expect_dataset=expect_dataset)
     return model
 
 
 def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
-                    data_dir: str | None = None) -> dict[str, Any]:
-    """Re-measures an export directory on its test split; returns measured and recorded metrics."""
+                    data_dir: str | None = None, trust_factory: str | None = None) -> dict[str, Any]:
+    """Re-measures an export directory on its test split; returns measured and recorded metrics.
+
+    Raises:
+        ConfigError: not an export directory, a checkpoint of another dataset than the metadata
+            names, data that does not fit the model, or a test split other than the one the
+            export was measured on (``data_dir`` pointing at another dataset).
+    """
     p = Path(path)
     meta_path = p / "metadata.json"
     if not meta_path.is_file():
@@ -268,8 +300,22 @@ def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tup
     if data_dir is not None:
         data["data_dir"] = data_dir
     dev = get_device(device)
-    model = load(p).to(dev).eval()
+    model, ckpt_meta = load_checkpoint(p / "model.pt", expect_dataset={"name": data.get("dataset")},
+                                       trust_factory=trust_factory)
+    model = model.to(dev).eval()
     splits = make_splits(build(DataConfig, data, "data"))
+    have, info = ckpt_meta.get("dataset", {}), splits.info
+    for key, got in (("num_classes", info.num_classes), ("in_channels", info.in_channels),
+                     ("image_size", list(info.image_size))):
+        recorded = have.get(key)
+        if recorded is not None and (list(recorded) if key == "image_size" else recorded) != got:
+            raise ConfigError(f"{str(p)!r}: the model was trained with {key} {recorded}, but the data "
+                              f"loaded for {data['dataset']!r} has {got}")
+    want = meta.get("test_sha256")
+    if want is not None and split_fingerprint(splits.test) != want:
+        where = f" from --data-dir {data_dir!r}" if data_dir is not None else ""
+        raise ConfigError(f"{str(p)!r}: the test split of {data['dataset']!r} loaded{where} is not the one the "
+                          "export was measured on (its sha256 differs): another dataset or other files?")
     threat = build(ThreatModel, meta["threat"], "threat")
     atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
     res = evaluate(model, BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev), threat,
