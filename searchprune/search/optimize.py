@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .._torch import get_device, set_cpu_threads
 from ..data import make_splits
 from .objective import Objective, build_context, ensure_base_model
+from .storage import mask_url
 from .study import load_study
 
 __all__ = ["WorkerSpec", "optimize", "finished_trials"]
@@ -102,7 +103,7 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     # Base model once, before workers start (they only load it).
     ensure_base_model(cfg, make_splits(cfg.data), get_device(device), progress=not quiet)
     workers = max(1, min(workers, remaining))
-    print(f"optimizing {name!r}: {remaining} trial(s) to reach {target}, {workers} worker(s), storage {storage}",
+    print(f"optimizing {name!r}: {remaining} trial(s) to reach {target}, {workers} worker(s), storage {mask_url(storage)}",
           flush=True)
     if workers == 1:
         _worker(WorkerSpec(name, storage, remaining, target, device=device, timeout=timeout,

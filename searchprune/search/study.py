@@ -24,7 +24,7 @@ from ..train import list_recipes
 from .baselines import baseline_trials
 from .samplers import SAMPLERS, make_sampler
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
-from .storage import default_storage_url, make_storage
+from .storage import default_storage_url, make_storage, mask_url
 
 __all__ = [
     "OBJECTIVE_NAMES", "DIRECTIONS", "CONFIG_ATTR", "validate_names", "validate_study", "create_study",
@@ -108,21 +108,26 @@ def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | No
     url = storage or cfg.storage or default_storage_url(cfg)
     store = make_storage(url)
     if cfg.name in optuna.get_all_study_names(store):
-        raise ConfigError(f"a study named {cfg.name!r} already exists in {url}; "
+        raise ConfigError(f"a study named {cfg.name!r} already exists in {mask_url(url)}; "
                           "use `searchprune study optimize` to continue it, or pick another --name")
     study = optuna.create_study(study_name=cfg.name, storage=store, directions=DIRECTIONS,
                                 sampler=make_sampler(cfg.sampler.name, seed=cfg.sampler.seed,
                                                      options=cfg.sampler.options))
-    study.set_metric_names(OBJECTIVE_NAMES[cfg.cost])
-    resolved = to_dict(cfg)
-    resolved["output_dir"] = str(cfg.out_path.resolve())
-    if cfg.model.checkpoint is not None:
-        resolved["model"]["checkpoint"] = str(Path(cfg.model.checkpoint).resolve())
-    study.set_user_attr(CONFIG_ATTR, resolved)
-    study.set_user_attr("storage_url", url)
-    study.set_user_attr("artifact_dir", str(Path(artifact_dir or cfg.out_path / "artifacts").resolve()))
-    for params in baselines:
-        study.enqueue_trial(params, user_attrs={"baseline": True})
+    try:
+        study.set_metric_names(OBJECTIVE_NAMES[cfg.cost])
+        resolved = to_dict(cfg)
+        resolved["output_dir"] = str(cfg.out_path.resolve())
+        if cfg.model.checkpoint is not None:
+            resolved["model"]["checkpoint"] = str(Path(cfg.model.checkpoint).resolve())
+        study.set_user_attr(CONFIG_ATTR, resolved)
+        # the dashboard serves user attributes: a password never reaches them
+        study.set_user_attr("storage_url", mask_url(url))
+        study.set_user_attr("artifact_dir", str(Path(artifact_dir or cfg.out_path / "artifacts").resolve()))
+        for params in baselines:
+            study.enqueue_trial(params, user_attrs={"baseline": True})
+    except BaseException:  # a study that cannot run is never left half-created
+        optuna.delete_study(study_name=cfg.name, storage=store)
+        raise
     return study
 
 
@@ -140,10 +145,10 @@ def stored_config(study: optuna.Study) -> StudyConfig:
 
 def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Study, StudyConfig]:
     """Opens an existing study and its stored config (``worker`` offsets the sampler seed)."""
-    store = make_storage(storage)
+    store = make_storage(storage, create=False)
     names = optuna.get_all_study_names(store)
     if name not in names:
-        raise ConfigError(f"no study named {name!r} in {storage}; studies there: {', '.join(names) or '(none)'}")
+        raise ConfigError(f"no study named {name!r} in {mask_url(storage)}; studies there: {', '.join(names) or '(none)'}")
     cfg = stored_config(optuna.load_study(study_name=name, storage=store))
     # Parallel workers must not share a seed, or they would propose the same points.
     seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker
