@@ -129,6 +129,14 @@ class ConstraintConfig:
     max_bitops: float | None = None
     min_clean_acc: float | None = None
 
+    def __post_init__(self) -> None:
+        # a budget of 0 divides by zero in the constraint, a negative one makes every trial feasible
+        for n in ("max_macs", "max_bitops"):
+            v = getattr(self, n)
+            _check(v is None or v > 0, f"constraints.{n}", f"expected a budget > 0 or null, got {v}")
+        v = self.min_clean_acc
+        _check(v is None or 0 <= v <= 1, "constraints.min_clean_acc", f"expected an accuracy in [0, 1], got {v}")
+
 
 @dataclass(frozen=True)
 class TrialDefaults:

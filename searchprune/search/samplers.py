@@ -67,4 +67,4 @@ def _gp(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSample
 
 @register_sampler("random")
 def _random(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed, **options)  # takes none: a stray option is an error

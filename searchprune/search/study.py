@@ -8,20 +8,22 @@ it does not take) fails there with one ConfigError instead of as failed trials.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 
 from ..attacks import list_attacks
-from ..config import StudyConfig, build, to_dict
-from ..data import list_datasets
+from ..config import ParamSpec, StudyConfig, build, to_dict
+from ..data import list_datasets, make_splits
 from ..errors import ConfigError
 from ..models import list_models
 from ..prune import check_config, list_methods
 from ..train import list_recipes
 from .baselines import baseline_trials
+from .objective import base_checkpoint_path
 from .samplers import SAMPLERS, make_sampler
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
 from .storage import default_storage_url, make_storage, mask_url
@@ -65,19 +67,57 @@ def validate_names(cfg: StudyConfig) -> None:
             check(v, choices, f"space.{key}")
 
 
+def _range_end(spec: ParamSpec, value: Any, end: str) -> Any:
+    """``value`` (a range's low end, as :func:`combinations` gives it) moved to the range's ``end``."""
+    if end == "low" or spec.type not in ("int", "float"):
+        return value
+    assert spec.low is not None and spec.high is not None
+    if spec.step:  # the highest value the step reaches
+        top = spec.low + math.floor((spec.high - spec.low) / spec.step + 1e-9) * spec.step
+    else:
+        top = spec.high
+    return int(top) if spec.type == "int" else top
+
+
+def _at(space: Mapping[str, ParamSpec], combo: Mapping[str, Any], end: str) -> dict[str, Any]:
+    return {k: _range_end(space[k.removesuffix(".*")], v, end) for k, v in combo.items()}
+
+
 def _check_space_configs(cfg: StudyConfig) -> None:
-    """Every pruning config the space can produce passes the model-free check ``prune_`` runs first."""
+    """Every config the space can produce is valid: each field exists and each range, at both ends,
+    lies in the field's allowed range; every pruning config passes the model-free check ``prune_``
+    runs first."""
     seen: set[str] = set()
-    for combo in combinations(cfg.space, keep=lambda name: strip_tag(name).startswith("prune.")):
-        where = ", ".join(f"{k}={v!r}" for k, v in combo.items() if not k.endswith(".*")) or "the defaults"
-        try:
-            prune = trial_params_from_flat(cfg.defaults, combo).prune
-            if repr(prune) in seen:
-                continue
-            seen.add(repr(prune))
-            check_config(prune)
-        except ConfigError as e:
-            raise ConfigError(f"space: the trial with {where} is impossible: {e}") from None
+    for low_combo in combinations(cfg.space):
+        for end in ("low", "high"):
+            combo = _at(cfg.space, low_combo, end)
+            where = ", ".join(f"{k}={v!r}" for k, v in combo.items() if not k.endswith(".*")) or "the defaults"
+            try:
+                params = trial_params_from_flat(cfg.defaults, combo)
+                if repr(params) in seen:
+                    continue
+                seen.add(repr(params))
+                check_config(params.prune)
+            except ConfigError as e:
+                raise ConfigError(f"space: the trial with {where} is impossible: {e}") from None
+
+
+def _check_sampler(cfg: StudyConfig) -> None:
+    """The sampler accepts its options (a wrong keyword is a TypeError deep inside Optuna otherwise)."""
+    try:
+        make_sampler(cfg.sampler.name, seed=cfg.sampler.seed, options=cfg.sampler.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sampler.options: the {cfg.sampler.name!r} sampler refuses "
+                          f"{dict(cfg.sampler.options)}: {e}") from None
+
+
+def _check_runnable(cfg: StudyConfig) -> None:
+    """What ``study create`` can decide about the machine: the base model and the data sizes."""
+    base = base_checkpoint_path(cfg)
+    if cfg.model.train is None and not base.is_file():
+        raise ConfigError(f"model.checkpoint: the base checkpoint {str(base)!r} does not exist and model.train "
+                          "is not set; train one with `searchprune train` or add a model.train recipe")
+    make_splits(cfg.data)  # data.val_size / train_size / test_size against the dataset's images
 
 
 def validate_study(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -92,6 +132,7 @@ def validate_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     validate_names(cfg)
     validate_space(cfg.space)
     _check_space_configs(cfg)
+    _check_sampler(cfg)
     return baseline_trials(cfg)
 
 
@@ -99,12 +140,17 @@ def create_study(cfg: StudyConfig, *, storage: str | None = None, name: str | No
                  artifact_dir: str | None = None) -> optuna.Study:
     """Creates the study (3 objectives, named metrics), stores its config, enqueues baselines.
 
+    Everything decidable now is checked before anything is stored (:func:`validate_study`, the
+    base checkpoint or its recipe, the data sizes against the dataset), and a study whose set-up
+    fails halfway is deleted again: a study that cannot run is never left half-created.
+
     Raises:
         ConfigError: the name exists already in that storage, or the config is invalid.
     """
     if name is not None:
         cfg = build(StudyConfig, {**to_dict(cfg), "name": name})
     baselines = validate_study(cfg)  # refuse an impossible space or baseline before storing anything
+    _check_runnable(cfg)
     url = storage or cfg.storage or default_storage_url(cfg)
     store = make_storage(url)
     if cfg.name in optuna.get_all_study_names(store):
