@@ -15,7 +15,9 @@ traceback from deep inside torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -61,11 +63,16 @@ def cmd_study_create(a: argparse.Namespace) -> int:
 
 
 def cmd_study_optimize(a: argparse.Namespace) -> int:
-    from .search import optimize, resolve_storage, study_summary  # lazy: keeps --help fast
+    from .search import RunFailed, optimize, resolve_storage, study_summary  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
-    study = optimize(name, storage, n_trials=a.n_trials, workers=a.workers, device=a.device,
-                     timeout=a.timeout, artifact_dir=a.artifacts, quiet=a.quiet)
+    try:
+        study = optimize(name, storage, n_trials=a.n_trials, workers=a.workers, device=a.device,
+                         timeout=a.timeout, artifact_dir=a.artifacts, quiet=a.quiet)
+    except RunFailed as e:  # the summary still shows what is stored; the exit code says the run failed
+        print(json.dumps(study_summary(e.study), indent=2, default=str))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(study_summary(study), indent=2, default=str))
     return 0
 
@@ -134,10 +141,30 @@ def cmd_study_dashboard(a: argparse.Namespace) -> int:
     store = FileSystemArtifactStore(art) if art and Path(art).is_dir() else None
     store_obj = make_storage(storage, create=False)
     study_id = store_obj.get_study_id_from_name(name)
+    _check_port_free(a.host, a.port)
     print(f"optuna-dashboard for {name!r}: http://{a.host}:{a.port}/dashboard/studies/{study_id}", flush=True)
     print("(Ctrl-C to stop)", flush=True)
-    run_server(store_obj, host=a.host, port=a.port, artifact_store=store)
+    try:
+        run_server(store_obj, host=a.host, port=a.port, artifact_store=store)
+    except OSError as e:  # taken between the check and the server's own bind
+        raise ConfigError(_listen_error(a.host, a.port, e)) from None
     return 0
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use; pick another with --port"
+    return f"cannot listen on {host}:{port}: {e.strerror or e}"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A one-line error for a port that is taken, before the server prints a traceback for it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(_listen_error(host, port, e)) from None
 
 
 def cmd_study_plots(a: argparse.Namespace) -> int:

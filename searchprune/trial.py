@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +37,8 @@ from .prune import prune_
 from .quantize import count_bitops, model_size_bytes, quantize_
 from .train import train_
 
-__all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics", "checkpoint_metadata"]
+__all__ = ["TrialContext", "TrialResult", "TrialGated", "TrialDiverged", "run_trial", "StageMetrics",
+           "checkpoint_metadata", "chance_threshold"]
 
 Report = Callable[[str, Mapping[str, Any]], None]
 
@@ -47,6 +50,28 @@ class TrialGated(Exception):
         super().__init__(reason)
         self.reason = reason
         self.metrics = dict(metrics)
+
+
+class TrialDiverged(ValueError):
+    """A stage left non-finite weights (a loss that went to inf/NaN): the trial fails with the reason."""
+
+
+def _check_finite(model: nn.Module, stage: str) -> None:
+    """Raises TrialDiverged naming the first parameter or buffer holding inf or NaN after ``stage``."""
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrialDiverged(f"after {stage}: non-finite values in {name} (a loss that went to inf/NaN? "
+                                "lower the learning rate)")
+
+
+def chance_threshold(num_classes: int, n: int) -> float:
+    """Clean accuracy at or below which a trial is no better than guessing on ``n`` images.
+
+    1/num_classes plus two binomial standard errors of a guesser (at least 0.02): a model this
+    close to chance has lost what it learned, however it scores on the other objectives.
+    """
+    p = 1.0 / max(num_classes, 1)
+    return p + max(0.02, 2.0 * math.sqrt(p * (1 - p) / max(n, 1)))
 
 
 @dataclass
@@ -186,6 +211,7 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
 
     Raises:
         TrialGated: the gate stopped the trial after its short fine-tune.
+        TrialDiverged: pruning, fine-tuning or quantization left non-finite weights.
     """
     report = report or (lambda event, payload: None)
     t0 = time.perf_counter()
@@ -199,6 +225,7 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
         model, params.prune, input_shape=ctx.input_shape, loader=ctx.train_loader(128, seed=params.seed),
         threat=ctx.threat, train_cfg=params.finetune, cache_dir=ctx.cache_dir,
     )
+    _check_finite(model, "pruning")
     if ctx.eval.stagewise:
         stages["prune"] = _stage(model, ctx)
         report("prune", dataclasses.asdict(stages["prune"]))
@@ -208,7 +235,11 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
     if qmode == "qat":
         quantize_(model, params.quant, calib_loader=calib)
     if params.finetune is not None and params.finetune.epochs > 0:
-        _finetune(model, params, ctx, report)
+        try:
+            _finetune(model, params, ctx, report)
+        except FloatingPointError as e:  # train_ saw the epoch's loss go to inf/NaN
+            raise TrialDiverged(f"fine-tuning diverged: {e}") from None
+        _check_finite(model, "fine-tuning")
         if ctx.eval.stagewise:
             stages["finetune"] = _stage(model, ctx)
             report("finetune", dataclasses.asdict(stages["finetune"]))
@@ -216,6 +247,8 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
     # 3. post-training quantization
     if qmode == "ptq":
         quantize_(model, params.quant, calib_loader=calib)
+    if qmode != "none":
+        _check_finite(model, "quantization")
     if qmode != "none" and ctx.eval.stagewise:
         stages["quantize"] = _stage(model, ctx)
         report("quantize", dataclasses.asdict(stages["quantize"]))
@@ -237,6 +270,9 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
                                square_queries=ctx.eval.check_square_queries, seed=params.seed),
         )
         checks, flags = mr.as_user_attrs(), dict(mr.flags)
+    # a model at chance level is a failed compression, not a point on the front (the study keeps it off)
+    checks["chance_threshold"] = chance_threshold(ctx.splits.info.num_classes, res.n)
+    flags["chance"] = res.clean <= checks["chance_threshold"]
     report("attack", {"clean_acc": res.clean, "robust_acc": robust})
 
     # 5. measure what it costs as it runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -23,7 +24,14 @@ from searchprune.data import BatchLoader, make_splits
 from searchprune.models import create_model
 from searchprune.prune import get_method, list_methods
 from searchprune.train import train_
-from searchprune.trial import TrialContext, TrialGated, checkpoint_metadata, run_trial
+from searchprune.trial import (
+    TrialContext,
+    TrialDiverged,
+    TrialGated,
+    chance_threshold,
+    checkpoint_metadata,
+    run_trial,
+)
 
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=3, random_start=False)
 META = {"model": {"arch": "mnist_small", "factory": None, "kwargs": {}},
@@ -139,3 +147,34 @@ def test_the_core_never_imports_optuna():
     """run_trial and everything below it are plain PyTorch: Optuna stays in the search layer."""
     code = "import sys, searchprune.trial; assert 'optuna' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_diverging_fine_tune_fails_the_trial_with_the_reason(base):
+    params = TrialParams(prune=PruneConfig(sparsity=0.5), finetune=TrainConfig(recipe="standard", epochs=1, lr=1e12))
+    with pytest.raises(TrialDiverged, match=r"fine-tuning diverged: train_: the loss became nan"):
+        run_trial(params, _ctx(base))
+
+
+def test_non_finite_weights_fail_the_trial_naming_the_tensor(base):
+    model, splits = base
+    broken = copy.deepcopy(model)
+    bias = next(p for n, p in broken.named_parameters() if n.endswith("bias"))  # pruning scores weights only
+    with torch.no_grad():
+        bias.view(-1)[0] = float("inf")
+    with pytest.raises(TrialDiverged, match=r"after pruning: non-finite values in .*bias"):
+        run_trial(TrialParams(prune=PruneConfig(sparsity=0.1)), _ctx((broken, splits)))
+
+
+def test_chance_level_is_flagged(base):
+    model, splits = base
+    r = run_trial(TrialParams(prune=PruneConfig(sparsity=0.1)), _ctx(base))
+    assert r.flags["chance"] is False and r.clean_acc > r.checks["chance_threshold"]
+    constant = copy.deepcopy(model)  # a zero classifier: constant logits, the same class for every image
+    classifier = [m for m in constant.modules() if getattr(m, "is_classifier", False)][-1]
+    with torch.no_grad():
+        classifier.weight.zero_()
+        classifier.bias.zero_()
+    r = run_trial(TrialParams(prune=PruneConfig(sparsity=0.1)), _ctx((constant, splits)))
+    assert r.flags["chance"] is True and r.clean_acc <= r.checks["chance_threshold"]
+    assert chance_threshold(10, 64) == pytest.approx(0.1 + 2 * (0.09 / 64) ** 0.5)
+    assert chance_threshold(10, 10**6) == pytest.approx(0.12)  # never closer to chance than 0.02

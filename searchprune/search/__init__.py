@@ -15,7 +15,7 @@ from __future__ import annotations
 from .baselines import BASELINES, Baseline, baseline_trials, list_baselines, register_baseline
 from .export import ExportMismatch, Rule, evaluate_export, export_trial, load, parse_rule, select_trial
 from .objective import Objective, build_context, ensure_base_model, prunable_layer_names
-from .optimize import WorkerSpec, finished_trials, optimize
+from .optimize import RunFailed, WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
 from .reports import (
     TABLE_COLUMNS,
@@ -37,7 +37,7 @@ from .space import (
     validate_space,
     walk,
 )
-from .storage import default_storage_url, make_storage, resolve_storage
+from .storage import default_storage_url, make_storage, mask_url, resolve_storage
 from .study import (
     CONFIG_ATTR,
     DIRECTIONS,
@@ -54,14 +54,14 @@ __all__ = [
     "walk", "suggest", "suggest_params", "replay_params", "validate_space", "combinations", "strip_tag",
     "trial_params_from_flat",
     # storage, samplers, baselines
-    "make_storage", "default_storage_url", "resolve_storage", "SAMPLERS", "make_sampler", "register_sampler",
+    "make_storage", "default_storage_url", "resolve_storage", "mask_url", "SAMPLERS", "make_sampler", "register_sampler",
     "list_samplers", "Baseline", "BASELINES", "register_baseline", "list_baselines", "baseline_trials",
     # study
     "OBJECTIVE_NAMES", "DIRECTIONS", "CONFIG_ATTR", "validate_names", "validate_study",
     "create_study", "load_study", "stored_config",
     # objective and optimization
     "Objective", "build_context", "ensure_base_model", "prunable_layer_names", "WorkerSpec", "optimize",
-    "finished_trials",
+    "finished_trials", "RunFailed",
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",

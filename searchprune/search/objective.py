@@ -133,6 +133,9 @@ class Objective:
             trial.set_constraint("max_bitops", (result.bitops - c.max_bitops) / c.max_bitops)
         if c.min_clean_acc is not None:
             trial.set_constraint("min_clean_acc", c.min_clean_acc - result.clean_acc)
+        # Every trial: > 0 (infeasible, off the front) exactly when it is flagged at chance level.
+        gap = float(result.checks["chance_threshold"]) - result.clean_acc
+        trial.set_constraint("above_chance", max(gap, 1e-9) if result.flags.get("chance") else min(gap, -1e-9))
         if any(v > 0 for v in getattr(trial, "constraints", {}).values()):
             trial.set_user_attr("feasible", False)
         elif c.max_macs is not None or c.max_bitops is not None or c.min_clean_acc is not None:

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,13 +17,54 @@ from tqdm import tqdm
 
 from .._torch import get_device, set_cpu_threads
 from ..data import make_splits
+from ..errors import ConfigError
 from .objective import Objective, build_context, ensure_base_model
 from .storage import mask_url
 from .study import load_study
 
-__all__ = ["WorkerSpec", "optimize", "finished_trials"]
+__all__ = ["WorkerSpec", "optimize", "finished_trials", "RunFailed"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class RunFailed(RuntimeError):
+    """Every trial a ``study optimize`` run finished failed (or none finished): nothing was learned.
+
+    Attributes:
+        study: the study as the run left it (its failed trials carry ``fail_reason``).
+    """
+
+    def __init__(self, message: str, study: optuna.Study) -> None:
+        super().__init__(message)
+        self.study = study
+
+
+def _check_run_args(n_trials: int | None, workers: int, timeout: float | None) -> None:
+    if n_trials is not None and n_trials < 0:
+        raise ConfigError(f"--n-trials: expected a number of trials >= 0, got {n_trials}")
+    if workers < 1:
+        raise ConfigError(f"--workers: expected at least 1 worker process, got {workers}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout: expected seconds > 0, got {timeout}")
+
+
+def _finished_numbers(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
+
+
+def _check_run(study: optuna.Study, before: set[int], worker_codes: list[int]) -> None:
+    """Raises RunFailed when this run finished no trial, or only failed ones (with the commonest reason)."""
+    run = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and t.number not in before]
+    failed = [t for t in run if t.state == TrialState.FAIL]
+    if run and len(failed) < len(run):
+        return
+    if not run:
+        why = f"; worker exit codes {worker_codes}" if worker_codes else ""
+        raise RunFailed(f"no trial finished in this run{why}", study)
+    reasons = Counter(str(t.user_attrs.get("fail_reason", "no reason recorded")) for t in failed)
+    reason, count = reasons.most_common(1)[0]
+    raise RunFailed(f"all {len(failed)} trial(s) of this run failed; the most common reason ({count}x): {reason}",
+                    study)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -93,7 +135,13 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     With ``workers > 1`` each worker is a separate process sharing the storage, pinned to its own
     GPU when several exist; the remaining trials are split exactly between them. Workers on other
     machines pointing at the same storage stop once the study reaches the target.
+
+    Raises:
+        ConfigError: a negative ``n_trials``, ``workers < 1`` or a ``timeout`` that is not > 0.
+        RunFailed: trials were due and this run finished none, or only failed ones (the message
+            counts them and gives the most common reason).
     """
+    _check_run_args(n_trials, workers, timeout)
     study, cfg = load_study(name, storage)
     target = cfg.n_trials if n_trials is None else n_trials
     remaining = target - finished_trials(study)
@@ -103,6 +151,8 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     # Base model once, before workers start (they only load it).
     ensure_base_model(cfg, make_splits(cfg.data), get_device(device), progress=not quiet)
     workers = max(1, min(workers, remaining))
+    before = _finished_numbers(study)
+    bad: list[int] = []
     print(f"optimizing {name!r}: {remaining} trial(s) to reach {target}, {workers} worker(s), storage {mask_url(storage)}",
           flush=True)
     if workers == 1:
@@ -120,10 +170,11 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
             p.start()
         for p in procs:
             p.join()
-        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        bad = [p.exitcode or 0 for p in procs if p.exitcode != 0]
         if bad:
             print(f"warning: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
     study, _ = load_study(name, storage)
+    _check_run(study, before, bad)
     return study
 
 
