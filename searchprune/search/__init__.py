@@ -13,7 +13,16 @@ Layering: this package imports :mod:`searchprune.trial` and below, never the CLI
 from __future__ import annotations
 
 from .baselines import BASELINES, Baseline, baseline_trials, list_baselines, register_baseline
-from .export import ExportMismatch, Rule, evaluate_export, export_trial, load, parse_rule, select_trial
+from .export import (
+    ExportMismatch,
+    Rule,
+    evaluate_export,
+    export_trial,
+    load,
+    parse_rule,
+    select_trial,
+    split_fingerprint,
+)
 from .objective import Objective, build_context, ensure_base_model, prunable_layer_names
 from .optimize import RunFailed, WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
@@ -54,7 +63,8 @@ __all__ = [
     "walk", "suggest", "suggest_params", "replay_params", "validate_space", "combinations", "strip_tag",
     "trial_params_from_flat",
     # storage, samplers, baselines
-    "make_storage", "default_storage_url", "resolve_storage", "mask_url", "SAMPLERS", "make_sampler", "register_sampler",
+    "make_storage", "default_storage_url", "resolve_storage", "mask_url", "SAMPLERS", "make_sampler",
+    "register_sampler",
     "list_samplers", "Baseline", "BASELINES", "register_baseline", "list_baselines", "baseline_trials",
     # study
     "OBJECTIVE_NAMES", "DIRECTIONS", "CONFIG_ATTR", "validate_names", "validate_study",
@@ -65,5 +75,5 @@ __all__ = [
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
-    "ExportMismatch", "PROJECTIONS", "figures", "write_plots",
+    "ExportMismatch", "split_fingerprint", "PROJECTIONS", "figures", "write_plots",
 ]

@@ -153,8 +153,8 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     workers = max(1, min(workers, remaining))
     before = _finished_numbers(study)
     bad: list[int] = []
-    print(f"optimizing {name!r}: {remaining} trial(s) to reach {target}, {workers} worker(s), storage {mask_url(storage)}",
-          flush=True)
+    print(f"optimizing {name!r}: {remaining} trial(s) to reach {target}, {workers} worker(s), "
+          f"storage {mask_url(storage)}", flush=True)
     if workers == 1:
         _worker(WorkerSpec(name, storage, remaining, target, device=device, timeout=timeout,
                            artifact_dir=artifact_dir, quiet=quiet, progress_bar=progress and sys.stderr.isatty()))

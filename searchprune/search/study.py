@@ -194,7 +194,8 @@ def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Stud
     store = make_storage(storage, create=False)
     names = optuna.get_all_study_names(store)
     if name not in names:
-        raise ConfigError(f"no study named {name!r} in {mask_url(storage)}; studies there: {', '.join(names) or '(none)'}")
+        raise ConfigError(f"no study named {name!r} in {mask_url(storage)}; "
+                          f"studies there: {', '.join(names) or '(none)'}")
     cfg = stored_config(optuna.load_study(study_name=name, storage=store))
     # Parallel workers must not share a seed, or they would propose the same points.
     seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker

@@ -94,7 +94,8 @@ def _refused_and_nothing_stored(tmp_path, raw, message):
     ({"quant.mode": ["ptq"], "quant.weight_bits": [1, 8]}, r"quant.weight_bits=1 is impossible: quant.weight_bits"),
     ({"quant.mode": ["ptq"], "quant.weight_bits": {"low": 4, "high": 64}}, r"quant.weight_bits=64 .*2..16 bits"),
     ({"prune.no_such_field": [1, 2]}, r"prune.no_such_field: unknown key"),
-    ({"finetune.lr": {"low": -1.0, "high": 0.1}}, r"finetune.lr=-1.0 is impossible: finetune.lr: expected a learning rate > 0"),
+    ({"finetune.lr": {"low": -1.0, "high": 0.1}},
+     r"finetune.lr=-1.0 is impossible: finetune.lr: expected a learning rate > 0"),
     ({"prune.layer_sparsity": {"low": 0.1, "high": 1.0, "per_layer": True},
       "prune.allocation": ["per_layer"]}, r"prune.layer_sparsity.\*: expected a sparsity in \[0, 1\), got 1.0"),
     ({"prune.sparsity": {"low": 0.1, "high": 1.2, "step": 0.6}}, None),  # the step never reaches 1.2: allowed
