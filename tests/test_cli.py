@@ -93,8 +93,12 @@ def test_user_errors_print_one_line(tmp_path, capsys):
     bad = write_study(tmp_path, space={"prune.method": ["magnitude", "nonsense"]})
     assert main(["study", "create", "--config", str(bad), "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     assert "space.prune.method: unknown value 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()  # the refused create stored nothing
+    import optuna
+
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'x.db'}")
     assert main(["study", "show", "--name", "nope", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
-    assert "no study named 'nope'" in capsys.readouterr().err
+    assert "no study named 'nope' in sqlite:///" in capsys.readouterr().err
 
 
 # ---- untrusted files run no code; a misspelled storage path creates nothing ------------------------------
@@ -158,6 +162,10 @@ def test_a_misspelled_sqlite_path_creates_nothing(tmp_path, capsys):
     journal = tmp_path / "typo.log"
     assert main(["study", "show", "--name", "x", "--storage", str(journal)]) == 2
     assert "no such file" in capsys.readouterr().err and not journal.exists()
+    # --config of a study never created: its output directory is not made either
+    cfg = write_study(tmp_path, output_dir=str(tmp_path / "never" / "{name}"))
+    assert main(["study", "show", "--config", str(cfg)]) == 2
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "never").exists()
 
 
 def _idx_files(folder: Path, seed: int) -> Path:

@@ -54,7 +54,9 @@ def _finished_numbers(study: optuna.Study) -> set[int]:
 
 def _check_run(study: optuna.Study, before: set[int], worker_codes: list[int]) -> None:
     """Raises RunFailed when this run finished no trial, or only failed ones (with the commonest reason)."""
-    run = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED and t.number not in before]
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # a killed worker's, re-run
+    run = [t for t in trials if t.state in FINISHED and t.number not in before and t.number not in retried]
     failed = [t for t in run if t.state == TrialState.FAIL]
     if run and len(failed) < len(run):
         return

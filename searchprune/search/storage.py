@@ -46,10 +46,11 @@ def _mask_text(text: str, url: str) -> str:
     return text
 
 
-def default_storage_url(cfg: StudyConfig) -> str:
-    """SQLite file next to the study outputs."""
+def default_storage_url(cfg: StudyConfig, *, create: bool = True) -> str:
+    """SQLite file next to the study outputs (its directory made only with ``create``)."""
     path = cfg.out_path.resolve() / "study.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
 
@@ -112,7 +113,8 @@ def resolve_storage(name: str | None, storage: str | None, config: str | None) -
     """(study name, storage URL) from CLI flags: an explicit storage, or the config's default."""
     if config is not None:
         cfg = load_study_config(config)
-        return name or cfg.name, storage or cfg.storage or default_storage_url(cfg)
+        # commands addressing an existing study create nothing (make_storage(create=False) refuses)
+        return name or cfg.name, storage or cfg.storage or default_storage_url(cfg, create=False)
     if name is None:
         raise ConfigError("give --name (with --storage) or --config to say which study")
     if storage is None:
