@@ -81,7 +81,8 @@ def cmd_study_pareto(a: argparse.Namespace) -> int:
     study, cfg = load_study(name, storage)
     rows = pareto_rows(study)
     print(f"Pareto set of {name!r}: {len(rows)} trial(s); accuracies on {cfg.eval.n_eval or 'all'} validation "
-          f"images, threat {cfg.threat.norm} eps={cfg.threat.eps:g} steps={cfg.threat.steps}")
+          f"images, threat {cfg.threat.norm} eps={cfg.threat.eps:g} steps={cfg.threat.steps} "
+          f"clamp={cfg.threat.clamp}; cost axis (third objective): {cfg.cost}")
     print(format_table(rows))
     return 0
 
@@ -102,13 +103,24 @@ def cmd_study_export(a: argparse.Namespace) -> int:
         rule = parse_rule(a.rule)
         trial = select_trial(study, rule)
     print(f"exporting trial {trial.number} to {a.out} ...", flush=True)
-    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify)
+    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify, force=a.force)
     v = meta["verification"]
     print(f"verified on validation: clean {v['clean_acc']['export']:.4f} (trial {v['clean_acc']['trial']:.4f}), "
           f"PGD {v['pgd_acc']['export']:.4f} (trial {v['pgd_acc']['trial']:.4f})")
     tm = meta["test_metrics"]
     attacks = ", ".join(f"{k.removeprefix('acc_')} {v:.4f}" for k, v in tm.items() if k.startswith("acc_"))
     print(f"test ({tm['n']} images): clean {tm['clean_acc']:.4f}; {attacks}; worst case {tm['worst_acc']:.4f}")
+    cert = meta.get("certified_metrics")
+    if cert:
+        suite = ", ".join(f"{k.removeprefix('test_acc_')} {v:.4f}" for k, v in cert.items()
+                          if k.startswith("test_acc_") and isinstance(v, float))
+        print(f"certified (study certify, {cert.get('test_n')} test images, {cert.get('test_attacks')}): "
+              f"clean {cert['test_clean_acc']:.4f}; {suite}; worst case {cert['test_worst_acc']:.4f}  <- headline")
+    i8 = meta.get("int8_metrics")
+    if i8:
+        print(f"deployed int8 ({i8.get('int8_n')} val images): clean {i8['int8_clean_acc']:.4f} "
+              f"(fake-quant {i8['int8_fq_clean_acc']:.4f}), transfer from fake-quant {i8['int8_transfer_acc']:.4f} "
+              f"(fake-quant PGD {i8['int8_fq_pgd_acc']:.4f}), worst {i8['int8_worst_acc']:.4f}")
     print(f"wrote {', '.join(sorted(p.name for p in Path(a.out).iterdir()))}")
     return 0
 
@@ -220,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rule", help="e.g. 'max robust_acc where macs <= 5e6 and clean_acc >= 0.85'")
     p.add_argument("--out", required=True, help="export directory")
     p.add_argument("--no-verify", action="store_true", help="skip the re-evaluation check (not recommended)")
+    p.add_argument("--force", action="store_true",
+                   help="export a trial that its masking flags made infeasible (its robust accuracy is not trusted)")
     _device_arg(p)
     p.set_defaults(fn=cmd_study_export)
 

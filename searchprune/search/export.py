@@ -194,16 +194,34 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     return written
 
 
+def certified_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's ``test_*`` attributes written by ``study certify`` (empty when not certified)."""
+    return {k: v for k, v in trial.user_attrs.items() if k.startswith("test_")}
+
+
+def int8_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The deployed int8 model's accuracies (``int8_*`` attributes of an 8-bit trial; else empty)."""
+    return {k: v for k, v in trial.user_attrs.items() if k.startswith("int8_")}
+
+
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
-                 device: str | None = None, rule: Rule | None = None, verify: bool = True) -> dict[str, Any]:
+                 device: str | None = None, rule: Rule | None = None, verify: bool = True,
+                 force: bool = False) -> dict[str, Any]:
     """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
 
+    Args:
+        force: export a trial whose masking flags made it infeasible (``eval.on_flag: infeasible``).
+
     Raises:
+        ConfigError: the trial is not complete, or is flagged for gradient masking and ``force`` is off.
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
     """
     cfg = stored_config(study)
     if trial.state != optuna.trial.TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: nothing to export")
+    if trial.constraints and trial.user_attrs.get("infeasible_reason") and not force:
+        raise ConfigError(f"trial {trial.number} is infeasible: {trial.user_attrs['infeasible_reason']}; its robust "
+                          "accuracy is not trusted (pass --force to export it anyway)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = _fetch_checkpoint(study, trial, out / "model.pt")
@@ -240,6 +258,10 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
         "metric_names": study.metric_names,
         "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
         "verification": checks, "test_metrics": test_metrics,
+        # `study certify`'s held-out measurement with the full suite, preferred where present
+        "certified_metrics": certified_metrics(trial) or None,
+        "headline": ("certified" if certified_metrics(trial) else "export_test"),
+        "int8_metrics": int8_metrics(trial) or None, "cost_kind": cfg.cost, "forced": bool(force),
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
         "quant": meta.get("quant"), "finetune": meta.get("finetune"), "files": {"checkpoint": "model.pt", **plain},

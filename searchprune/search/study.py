@@ -15,7 +15,7 @@ from typing import Any, Literal
 import optuna
 
 from ..attacks import list_attacks
-from ..config import StudyConfig, build, to_dict
+from ..config import COST_KINDS, StudyConfig, build, to_dict
 from ..data import list_datasets
 from ..errors import ConfigError
 from ..models import list_models
@@ -31,7 +31,8 @@ __all__ = [
     "load_study", "stored_config",
 ]
 
-OBJECTIVE_NAMES = {"macs": ["clean_acc", "robust_acc", "macs"], "bitops": ["clean_acc", "robust_acc", "bitops"]}
+# the third objective is the study's ``cost`` (any of COST_KINDS); every trial stores all of them
+OBJECTIVE_NAMES = {kind: ["clean_acc", "robust_acc", kind] for kind in COST_KINDS}
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "maximize", "minimize"]
 CONFIG_ATTR = "searchprune_config"
 
@@ -48,6 +49,9 @@ def validate_names(cfg: StudyConfig) -> None:
         check(cfg.model.arch, list_models(), "model.arch")
     for a in (*cfg.eval.attacks, *cfg.eval.export_attacks):
         check(a, list_attacks(), "eval.attacks")
+    if cfg.eval.checks and cfg.eval.on_flag == "worst":
+        for a in cfg.eval.strong_attacks:
+            check(a, list_attacks(), "eval.strong_attacks")
     if cfg.eval.objective == "pgd" and "pgd" not in cfg.eval.attacks:
         raise ConfigError("eval.objective: 'pgd' needs 'pgd' in eval.attacks")
     if cfg.model.train is not None:

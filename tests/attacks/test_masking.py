@@ -199,6 +199,7 @@ def test_thresholds_live_in_one_dataclass_and_reach_the_flags_and_report(nets, l
     report = masking_checks(net, loader, THREAT, pgd_acc=0.9, strong_acc=0.2, transfer_acc=0.95, thresholds=thr)
     assert report.thresholds == MaskingThresholds(monotone_tol=0.5, converge_margin=0.5).as_dict()
     assert report.thresholds["monotone_tol"] == 0.5 and set(report.thresholds) == {
-        "grad_tol", "zero_grad_max_frac", "strong_gap_margin", "transfer_margin", "monotone_tol", "converge_margin"}
+        "grad_tol", "zero_grad_max_frac", "strong_gap_margin", "scaled_gap_margin", "transfer_margin", "monotone_tol",
+        "converge_margin"}
     with pytest.raises(AttributeError):
         thr.monotone_tol = 0.0  # type: ignore[misc]
