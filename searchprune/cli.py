@@ -3,7 +3,8 @@
     searchprune study create   --config studies/fmnist_quick.yaml [--storage URL] [--name N]
     searchprune study optimize --name N [--storage URL] [--n-trials K] [--workers W]
     searchprune study show | pareto | plots | dashboard  --name N [--storage URL]
-    searchprune study export   --name N (--trial T | --rule RULE) --out DIR
+    searchprune study certify  --name N [--attacks autoattack] [--n-test K]
+    searchprune study export   --name N (--trial T | --rule RULE) --out DIR [--force]
     searchprune train --config train.yaml
     searchprune eval DIR
 
@@ -125,6 +126,23 @@ def cmd_study_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_certify(a: argparse.Namespace) -> int:
+    from .search import certify_study, load_study, resolve_storage  # lazy: keeps --help fast
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, cfg = load_study(name, storage)
+    attacks = a.attacks or ["autoattack"]
+    print(f"certifying {name!r} on {a.n_test or 'all'} held-out test images: the study's PGD-{cfg.threat.steps} and "
+          f"{', '.join(attacks)} (clamp={cfg.threat.clamp}) ...", flush=True)
+    rep = certify_study(study, attacks=attacks, n_test=a.n_test, device=a.device,
+                        log=(lambda s: None) if a.quiet else (lambda s: print("  " + s, flush=True)))
+    print(f"search front (validation PGD) beside the certified front (test worst case over PGD + "
+          f"{', '.join(rep.attacks)}, {rep.n_test} images; cost axis {rep.cost}):")
+    print(rep.table())
+    print(rep.summary())
+    return 0
+
+
 def cmd_study_dashboard(a: argparse.Namespace) -> int:
     from optuna.artifacts import FileSystemArtifactStore  # lazy: keeps --help fast
     from optuna_dashboard import run_server  # lazy: keeps --help fast
@@ -236,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export a trial that its masking flags made infeasible (its robust accuracy is not trusted)")
     _device_arg(p)
     p.set_defaults(fn=cmd_study_export)
+
+    p = ss.add_parser("certify", help="re-measure the feasible Pareto trials and baselines on held-out test images "
+                                      "with the full attack suite; print the certified front beside the search front")
+    _study_args(p)
+    p.add_argument("--attacks", nargs="+", default=None,
+                   help="the suite: NAME or NAME:key=value,... (default: autoattack; e.g. autoattack:version=quick "
+                        "or square:queries=1000 for a reduced budget, stated as such in the results)")
+    p.add_argument("--n-test", type=int, default=None, help="test images per trial (default: the whole test split)")
+    p.add_argument("--quiet", action="store_true")
+    _device_arg(p)
+    p.set_defaults(fn=cmd_study_certify)
 
     p = ss.add_parser("dashboard", help="start optuna-dashboard for the study")
     _study_args(p)

@@ -5,7 +5,8 @@
 - :mod:`.study`: validation at ``study create``, creation and loading;
 - :mod:`.objective`: the Optuna objective (suggest, run the core, store attrs, checkpoints, artifacts);
 - :mod:`.optimize`: one process or several workers sharing the storage;
-- :mod:`.reports`, :mod:`.export`, :mod:`.plots`: what a study found, a chosen model, figures.
+- :mod:`.reports`, :mod:`.export`, :mod:`.plots`: what a study found, a chosen model, figures;
+- :mod:`.certify`: the front re-measured on held-out test images with the full attack suite.
 
 Layering: this package imports :mod:`searchprune.trial` and below, never the CLI.
 """
@@ -13,12 +14,16 @@ Layering: this package imports :mod:`searchprune.trial` and below, never the CLI
 from __future__ import annotations
 
 from .baselines import BASELINES, Baseline, baseline_trials, list_baselines, register_baseline
+from .certify import AttackSpec, CertifyReport, certify_candidates, certify_study, parse_attack
 from .export import ExportMismatch, Rule, evaluate_export, export_trial, load, parse_rule, select_trial
 from .objective import Objective, build_context, ensure_base_model, prunable_layer_names
 from .optimize import WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
 from .reports import (
+    CERTIFIED_ATTR,
     TABLE_COLUMNS,
+    certified_attrs,
+    cost_kind,
     format_table,
     hypervolume,
     pareto_rows,
@@ -65,5 +70,8 @@ __all__ = [
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
-    "ExportMismatch", "PROJECTIONS", "figures", "write_plots",
+    "ExportMismatch", "PROJECTIONS", "figures", "write_plots", "cost_kind",
+    # certify
+    "CERTIFIED_ATTR", "certified_attrs", "AttackSpec", "CertifyReport", "certify_candidates", "certify_study",
+    "parse_attack",
 ]

@@ -49,6 +49,7 @@ from ..checkpoint import load_checkpoint, versions
 from ..config import DataConfig, ThreatModel, build, to_dict
 from ..data import BatchLoader, make_splits
 from ..errors import ConfigError
+from .reports import certified_attrs
 from .study import stored_config
 
 __all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
@@ -194,11 +195,6 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     return written
 
 
-def certified_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The trial's ``test_*`` attributes written by ``study certify`` (empty when not certified)."""
-    return {k: v for k, v in trial.user_attrs.items() if k.startswith("test_")}
-
-
 def int8_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """The deployed int8 model's accuracies (``int8_*`` attributes of an 8-bit trial; else empty)."""
     return {k: v for k, v in trial.user_attrs.items() if k.startswith("int8_")}
@@ -259,8 +255,8 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
         "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
         "verification": checks, "test_metrics": test_metrics,
         # `study certify`'s held-out measurement with the full suite, preferred where present
-        "certified_metrics": certified_metrics(trial) or None,
-        "headline": ("certified" if certified_metrics(trial) else "export_test"),
+        "certified_metrics": certified_attrs(study, trial) or None,
+        "headline": ("certified" if certified_attrs(study, trial) else "export_test"),
         "int8_metrics": int8_metrics(trial) or None, "cost_kind": cfg.cost, "forced": bool(force),
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),

@@ -13,12 +13,27 @@ from optuna.trial import TrialState
 from . import hypervolume as _hv
 
 __all__ = [
-    "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
-    "study_hypervolume",
+    "CERTIFIED_ATTR", "certified_attrs", "cost_kind", "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary",
+    "reference_point", "hypervolume", "study_hypervolume",
 ]
 
 TABLE_COLUMNS = ("trial", "clean_acc", "robust_acc", "transfer_acc", "macs", "mac_ratio", "dense_macs", "bitops",
                  "size_bytes", "latency_ms", "sparsity", "flags", "params")
+
+
+CERTIFIED_ATTR = "certified"  # study user attribute: {trial number (str): {test_* attributes}} (study certify)
+
+
+def certified_attrs(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's ``test_*`` attributes written by ``study certify`` (empty when not certified).
+
+    A finished trial's user attributes cannot change in Optuna, so certification stores them in the
+    study user attribute :data:`CERTIFIED_ATTR`; ``test_*`` user attributes of the trial itself
+    (none today) would be read too.
+    """
+    stored = study.user_attrs.get(CERTIFIED_ATTR, {})
+    own = {k: v for k, v in trial.user_attrs.items() if k.startswith("test_")}
+    return {**own, **stored.get(str(trial.number), {})}
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
