@@ -306,7 +306,7 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
             strong_acc=min(strong) if strong else None, transfer_acc=transfer,
             budget=CheckBudget(n_images=ev.n_check, apgd_steps=ev.check_apgd_steps,
                                square_queries=ev.check_square_queries, seed=params.seed, scaled=ev.check_scaled),
-            thresholds=MaskingThresholds(strong_gap_margin=ev.check_margin, scaled_gap_margin=ev.check_margin),
+            thresholds=MaskingThresholds(strong_gap_margin=ev.check_margin, scaled_gap_margin=ev.check_scaled_margin),
         )
         checks, flags = mr.as_user_attrs(), dict(mr.flags)
         if mr.suspicious:
