@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 TABLE_COLUMNS = ("trial", "clean_acc", "robust_acc", "transfer_acc", "macs", "mac_ratio", "dense_macs", "bitops",
-                 "size_bytes", "latency_ms", "sparsity", "flags", "params")
+                 "size_bytes", "latency_ms", "test_worst_acc", "sparsity", "flags", "params")
 
 
 CERTIFIED_ATTR = "certified"  # study user attribute: {trial number (str): {test_* attributes}} (study certify)
@@ -69,6 +69,7 @@ def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "transfer_acc": ua.get("transfer_acc"), "macs": int(ua.get("macs", t.values[2])),
             "mac_ratio": ua.get("mac_ratio"), "dense_macs": ua.get("dense_macs"), "bitops": ua.get("bitops"),
             "size_bytes": ua.get("size_bytes"), "latency_ms": ua.get("latency_ms"), "sparsity": ua.get("sparsity"),
+            "test_worst_acc": certified_attrs(study, t).get("test_worst_acc"),  # after `study certify`
             "flags": ",".join(flags) or "-",
             "params": " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in t.params.items()
                                if not k.startswith("prune.layer_sparsity.")),

@@ -47,6 +47,9 @@ def test_certify_measures_the_front_on_test_images_and_export_prefers_it(tmp_pat
         m = certified_attrs(study, t)
         assert m["test_n"] == 48 and m["test_attacks"] == ["square:queries=20"]
         assert 0 <= m["test_worst_acc"] <= min(m["test_acc_pgd"], m["test_acc_square"]) <= m["test_clean_acc"] <= 1
+    assert main(["study", "pareto", "--name", "cert", "--storage", _url(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "test_worst_acc" in table and "cost axis (third objective): macs" in table
     export = tmp_path / "export"
     assert main(["study", "export", "--name", "cert", "--storage", _url(tmp_path), "--trial",
                  str(certified[0].number), "--out", str(export)]) == 0
