@@ -58,7 +58,7 @@ PARAMS = TrialParams(prune=PruneConfig(sparsity=0.5), finetune=None, seed=2)
 
 
 def test_on_flag_worst_reruns_the_strong_attacks(base, always_flagged) -> None:
-    r = run_trial(PARAMS, _ctx(base, checks=True, on_flag="worst", strong_attacks=("pgd", "square")))
+    r = run_trial(PARAMS, _ctx(base, checks=True, on_flag="worst", strong_attacks=("pgd", "square:queries=30")))
     assert r.flagged and r.flag_reason is not None and r.flag_reason.startswith("masking: strong_gap")
     assert r.robust_from == "worst"
     assert set(r.strong_acc) == {"pgd", "square", "worst"}

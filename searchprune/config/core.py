@@ -286,8 +286,9 @@ class EvalConfig:
             with the flags as its reason: the trial leaves the feasible front and export refuses it
             without ``--force``), "worst" (the robust objective becomes the per-example worst case
             over ``strong_attacks``, re-run on the ``n_eval`` images), "record" (flags stored only).
-        strong_attacks: the attacks "worst" re-runs (registered names, each at its full default
-            budget; ``autoattack`` where registered).
+        strong_attacks: the attacks "worst" re-runs, as ``NAME[:key=value,...]`` (default: the
+            study's PGD, the logit-scaled PGD and standard AutoAttack: APGD-CE, APGD-T, FAB-T and
+            Square with 5,000 queries).
         latency: measure ``latency_ms`` of every trial (always measured when it is the cost).
         latency_batch_size, latency_repeats: the timed batch and the number of timed runs (median).
         int8_attack: attack the deployed int8 form of 8-bit trials (transfer from the fake-quant
@@ -309,7 +310,7 @@ class EvalConfig:
     check_scaled: bool = True
     check_scaled_margin: float = 0.03
     on_flag: Literal["infeasible", "worst", "record"] = "infeasible"
-    strong_attacks: tuple[str, ...] = ("pgd", "apgd", "pgd_scaled", "square")
+    strong_attacks: tuple[str, ...] = ("pgd", "pgd_scaled", "autoattack")
     latency: bool = True
     latency_batch_size: int = 128
     latency_repeats: int = 10

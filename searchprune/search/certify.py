@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .._torch import get_device, seed_everything
-from ..attacks import get_attack
-from ..attacks._base import predict
-from ..attacks.evaluate import iter_batches
+from ..attacks.spec import AttackSpec, parse_attack, suite_accuracy
 from ..checkpoint import load_checkpoint
 from ..data import BatchLoader, make_splits
 from ..errors import ConfigError
@@ -46,44 +44,6 @@ from .study import stored_config
 
 __all__ = ["AttackSpec", "CertifyReport", "parse_attack", "certify_study", "certified_attrs", "certify_candidates",
            "CERTIFIED_ATTR"]  # certified_attrs and CERTIFIED_ATTR live in reports (export reads them too)
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """A registered attack and the options it runs with (``NAME[:key=value,...]``)."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.name}:{opts}" if opts else self.name
-
-
-def _value(text: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_attack(text: str) -> AttackSpec:
-    """``"autoattack:version=quick,n_queries=1000"`` -> ``AttackSpec("autoattack", {...})``.
-
-    Raises:
-        ConfigError: an unregistered attack, or an option that is not ``key=value``.
-    """
-    name, _, rest = text.strip().partition(":")
-    get_attack(name)  # unknown names fail here, naming the registered ones
-    options: dict[str, Any] = {}
-    for piece in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = piece.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"attack {text!r}: option {piece!r} is not key=value")
-        options[key.strip()] = _value(value.strip())
-    return AttackSpec(name, options)
-
 
 def certify_candidates(study: optuna.Study) -> list[FrozenTrial]:
     """The feasible Pareto trials plus the completed enqueued baselines, by trial number."""
@@ -96,27 +56,9 @@ def certify_candidates(study: optuna.Study) -> list[FrozenTrial]:
 def _measure(model: torch.nn.Module, loader: BatchLoader, threat: Any, specs: Sequence[AttackSpec],
              n_test: int | None) -> dict[str, Any]:
     """Clean, the study's PGD and each attack of the suite; the worst case over all of them."""
-    names = ["pgd", *(s.name for s in specs if s.name != "pgd")]
-    fns: dict[str, tuple[Any, dict[str, Any]]] = {"pgd": (get_attack("pgd"), {})}
-    fns.update({s.name: (get_attack(s.name), dict(s.options)) for s in specs})
-    counts = dict.fromkeys(["clean", "worst", *names], 0)
-    n = 0
-    model.eval()
-    for x, y in iter_batches(model, loader, n_test):
-        ok = predict(model, x) == y
-        worst = ok.clone()
-        counts["clean"] += int(ok.sum())
-        for name in names:
-            fn, options = fns[name]
-            ok_a = predict(model, fn(model, x, y, threat, **options)) == y
-            counts[name] += int(ok_a.sum())
-            worst &= ok_a
-        counts["worst"] += int(worst.sum())
-        n += len(y)
-    if n == 0:
-        raise ConfigError("study certify: the test split gave no images")
-    out: dict[str, Any] = {"test_n": n, "test_clean_acc": counts["clean"] / n, "test_worst_acc": counts["worst"] / n}
-    out.update({f"test_acc_{name}": counts[name] / n for name in names})
+    res = suite_accuracy(model, loader, threat, [AttackSpec("pgd"), *specs], max_images=n_test)
+    out: dict[str, Any] = {"test_n": res["n"], "test_clean_acc": res["clean"], "test_worst_acc": res["worst"]}
+    out.update({f"test_acc_{name}": acc for name, acc in res["acc"].items()})
     return out
 
 

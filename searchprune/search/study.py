@@ -15,6 +15,7 @@ from typing import Any, Literal
 import optuna
 
 from ..attacks import list_attacks
+from ..attacks.spec import parse_attack
 from ..config import COST_KINDS, StudyConfig, build, to_dict
 from ..data import list_datasets
 from ..errors import ConfigError
@@ -51,7 +52,10 @@ def validate_names(cfg: StudyConfig) -> None:
         check(a, list_attacks(), "eval.attacks")
     if cfg.eval.checks and cfg.eval.on_flag == "worst":
         for a in cfg.eval.strong_attacks:
-            check(a, list_attacks(), "eval.strong_attacks")
+            try:
+                parse_attack(a)
+            except ConfigError as e:
+                raise ConfigError(f"eval.strong_attacks: {e}") from None
     if cfg.eval.objective == "pgd" and "pgd" not in cfg.eval.attacks:
         raise ConfigError("eval.objective: 'pgd' needs 'pgd' in eval.attacks")
     if cfg.model.train is not None:

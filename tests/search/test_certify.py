@@ -11,8 +11,9 @@ from _tiny import tiny_config, tiny_study_config, trials_of, write_yaml
 
 import searchprune.trial as trial_module
 from searchprune.cli import main
+from searchprune.config import StudyConfig, build
 from searchprune.errors import ConfigError
-from searchprune.search import certified_attrs, create_study, load_study, optimize, parse_attack
+from searchprune.search import certified_attrs, create_study, load_study, optimize, parse_attack, validate_names
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +100,7 @@ def test_attack_specs_parse_or_fail_in_one_line():
         parse_attack("nonsense")
     with pytest.raises(ConfigError, match="key=value"):
         parse_attack("square:queries")
+    bad = build(StudyConfig, {"name": "s", "eval": {"on_flag": "worst", "strong_attacks": ["pgd", "nonsense:x=1"]}})
+    with pytest.raises(ConfigError, match="eval.strong_attacks.*nonsense"):
+        validate_names(bad)
+    validate_names(build(StudyConfig, {"name": "s", "eval": {"on_flag": "worst"}}))  # the default suite exists
