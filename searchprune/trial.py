@@ -177,7 +177,8 @@ class TrialResult:
 
     @property
     def flagged(self) -> bool:
-        return any(self.flags.values())
+        """A masking flag fired (``flag_reason`` names them); ``steps_not_converged`` alone does not count."""
+        return self.flag_reason is not None
 
     def costs(self) -> dict[str, Any]:
         """``{kind: value}`` for every cost kind."""
@@ -310,7 +311,7 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
             thresholds=MaskingThresholds(strong_gap_margin=ev.check_margin, scaled_gap_margin=ev.check_scaled_margin),
         )
         checks, flags = mr.as_user_attrs(), dict(mr.flags)
-        if mr.suspicious:
+        if mr.masking:  # steps_not_converged alone is the study's PGD, not this model: recorded only
             reason = flag_reason(mr)
             if ev.on_flag == "worst":
                 # the flagged number is not trusted: the worst case over the strong attacks at
@@ -365,7 +366,7 @@ def flag_reason(report: MaskingReport) -> str:
         "steps_not_converged": f"PGD x{r.more_steps_factor} steps {_fmt(r.pgd_more_acc)} below "
                                f"PGD {_fmt(r.pgd_subset_acc)}",
     }
-    fired = "; ".join(f"{name} ({detail.get(name, 'fired')})" for name in r.fired)
+    fired = "; ".join(f"{name} ({detail.get(name, 'fired')})" for name in r.masking)
     return f"masking: {fired} on {r.n_images} images"
 
 

@@ -77,11 +77,14 @@ from .transfer import transfer_examples
 
 __all__ = [
     "CheckBudget", "MaskingReport", "MaskingThresholds", "masking_checks", "masking_flags", "zero_grad_fraction",
-    "FLAG_NAMES",
+    "FLAG_NAMES", "MASKING_FLAGS",
 ]
 
 FLAG_NAMES = ("zero_grad", "strong_gap", "scaled_gap", "transfer_above_whitebox", "steps_non_monotone",
               "steps_not_converged")
+# The flags that say *this model* hides its gradients. steps_not_converged says the study's PGD is
+# too short for every model alike: recorded, but not a reason to distrust one trial over another.
+MASKING_FLAGS = tuple(name for name in FLAG_NAMES if name != "steps_not_converged")
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,11 @@ class MaskingReport:
     def suspicious(self) -> bool:
         """True when any flag fired: the trial's PGD accuracy should not be trusted as is."""
         return bool(self.fired)
+
+    @property
+    def masking(self) -> list[str]:
+        """The fired flags of :data:`MASKING_FLAGS` (what ``eval.on_flag`` acts on)."""
+        return [name for name in self.fired if name in MASKING_FLAGS]
 
     def as_user_attrs(self, prefix: str = "mask.") -> dict[str, Any]:
         """Flat JSON-safe key/values for ``optuna.Trial.set_user_attr``.
