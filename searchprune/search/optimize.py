@@ -1,42 +1,267 @@
-"""Optimization: one process, or several worker processes sharing the study's storage."""
+"""Optimization: one process, or several worker processes sharing the study's storage.
+
+No lost or repeated work:
+
+- **Which trials count.** A study stops at ``target`` trials that count: every trial except a FAIL
+  that was re-queued (a dead worker's, an interrupted one) or a surplus one. A trial claims its slot
+  when it starts: if the counted trials numbered below it (any state, waiting ones included) already
+  reach the target, it is failed at once as ``surplus`` and its worker stops, so workers that start
+  together, a worker restarted mid-study or workers on other machines never overshoot.
+- **Interrupts.** SIGINT and SIGTERM raise :class:`Interrupted` in the running trial: it is failed with
+  ``fail_reason`` "interrupted" (user attr ``interrupted``: the signal), its parameters are re-queued
+  and the process ends (exit code 130 from the CLI). It does not count; a resumed run reruns it.
+- **Dead workers.** RDB storages (SQLite, PostgreSQL, MySQL) use Optuna's heartbeats: a RUNNING
+  trial whose heartbeat is older than the grace period is failed and retried with the same params
+  and seed (``RetryHeartbeatStaleTrialCallback``). Other storages (journal files) get searchprune's
+  own: every trial stores ``worker_host``, ``worker_pid`` and a ``heartbeat`` time (rewritten every
+  ``$SEARCHPRUNE_HEARTBEAT_INTERVAL`` seconds); when ``optimize`` starts and after every trial, a
+  RUNNING trial whose worker process is gone (same host, pid not alive) or whose heartbeat is older
+  than ``$SEARCHPRUNE_HEARTBEAT_GRACE`` seconds (180) is marked FAIL (``fail_reason`` says why) and
+  re-queued with the same params and seed (user attr ``retry_of``: its number).
+- **Storage failures.** A storage that cannot be written ends the run with one ConfigError naming
+  the path or host:port; what was stored stays, and the trial in flight is recovered as above.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from .._torch import get_device, set_cpu_threads
 from ..data import make_splits
+from ..errors import ConfigError
 from .objective import Objective, build_context, ensure_base_model
+from .storage import has_rdb_heartbeats, heartbeat_settings, storage_error
 from .study import load_study
 
-__all__ = ["WorkerSpec", "optimize", "finished_trials"]
+__all__ = ["WorkerSpec", "Interrupted", "optimize", "finished_trials", "counts", "retry_of",
+           "recover_stale_trials"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+RETRY_ATTRS = ("seed", "baseline")
+"""User attrs a re-queued trial inherits (its seed: the rerun trains the same way)."""
+_HERE: set[int] = set()
+"""Trial ids this process is running now (a RUNNING trial of this pid not in it is an orphan)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signal`` names it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signal.Signals(signum).name
+
+
+def retry_of(t: FrozenTrial) -> int | None:
+    """The number of the trial ``t`` reruns (an Optuna heartbeat retry or a searchprune re-queue), or None."""
+    n = t.system_attrs.get("failed_trial")  # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads
+    return n if n is not None else t.user_attrs.get("retry_of")
+
+
+def counts(t: FrozenTrial, retried: set[int]) -> bool:
+    """Whether ``t`` counts toward the target: not a FAIL that was re-queued, interrupted or surplus."""
+    if t.state != TrialState.FAIL:
+        return True
+    ua = t.user_attrs
+    return not (t.number in retried or ua.get("requeued") or ua.get("interrupted") or ua.get("surplus"))
+
+
+def _counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    retried = {n for t in trials if (n := retry_of(t)) is not None}
+    retried |= {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return [t for t in trials if counts(t, retried)]
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Finished trials that count toward the target. A trial failed by a stale heartbeat and
-    re-queued by ``RetryHeartbeatStaleTrialCallback`` does not: its retry takes its place."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    return sum(t.state in FINISHED and not (t.state == TrialState.FAIL and t.number in retried)
-               for t in trials)
+    """Finished trials that count toward the target (see :func:`counts`): a re-queued trial's rerun
+    takes its place."""
+    return sum(t.state in FINISHED for t in _counted(study.get_trials(deepcopy=False)))
 
 
-def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Callback stopping a worker once the study has ``target`` finished trials (any worker's)."""
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if finished_trials(study) >= target:
+# --------------------------------------------------------------------------------------------
+# Dead workers on storages without Optuna heartbeats
+# --------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stale_reason(t: FrozenTrial, grace_s: float, now: float) -> str | None:
+    ua = t.user_attrs
+    host, pid = ua.get("worker_host"), ua.get("worker_pid")
+    if host == socket.gethostname() and isinstance(pid, int) and t._trial_id not in _HERE:
+        if pid == os.getpid() or not _pid_alive(pid):
+            return f"worker gone: process {pid} on {host} is not running"
+    start = t.datetime_start.timestamp() if t.datetime_start else now
+    seen = max(start, float(ua.get("heartbeat", start)))
+    if now - seen > grace_s:
+        who = f"process {pid} on {host}" if host else "a worker that never reported"
+        return f"worker gone: no heartbeat from {who} for {now - seen:.0f} s (grace period {grace_s:.0f} s)"
+    return None
+
+
+def recover_stale_trials(study: optuna.Study, *, grace_s: float | None = None) -> list[int]:
+    """Fails and re-queues the RUNNING trials of dead workers (storages without Optuna heartbeats).
+
+    A trial is stale when its worker process is gone (same host, pid not alive) or its heartbeat is
+    older than ``grace_s`` (``$SEARCHPRUNE_HEARTBEAT_GRACE``, 180 s). It is marked FAIL with
+    ``fail_reason`` and ``requeued``, and its params are enqueued again with its seed and
+    ``retry_of``. Two workers recovering at once re-queue it once (the second cannot fail a finished
+    trial). RDB storages are left to Optuna's heartbeats.
+
+    Returns:
+        The numbers of the trials recovered.
+    """
+    storage = study._storage
+    if has_rdb_heartbeats(storage):
+        return []
+    grace = heartbeat_settings()[1] if grace_s is None else grace_s
+    now, done = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = _stale_reason(t, grace, now)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        _requeue(study, t)
+        done.append(t.number)
+    return done
+
+
+def _requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> None:
+    ua = t.user_attrs
+    attrs = {k: ua[k] for k in RETRY_ATTRS if k in ua}
+    with warnings.catch_warnings():  # a baseline's fixed params may sit outside the searched range
+        warnings.simplefilter("ignore", UserWarning)
+        study.enqueue_trial(dict(t.params), user_attrs={**attrs, "retry_of": t.number})
+
+
+@contextmanager
+def _heartbeat(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
+    """Owner attrs, and a thread rewriting ``heartbeat`` every ``interval_s`` (no Optuna heartbeat here)."""
+    trial.set_user_attr("worker_host", socket.gethostname())
+    trial.set_user_attr("worker_pid", os.getpid())
+    trial.set_user_attr("heartbeat", time.time())
+    _HERE.add(trial._trial_id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                trial.storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            except Exception:  # a storage hiccup: the next beat tries again; the trial itself reports errors
+                pass
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        _HERE.discard(trial._trial_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------
+
+
+class _Guarded:
+    """The objective inside a worker: claims the trial's slot, beats, turns interrupts into a re-queue."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], Any], target: int, journal_heartbeat: bool) -> None:
+        self.objective, self.target, self.journal_heartbeat = objective, target, journal_heartbeat
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        ahead = [t for t in _counted(trial.study.get_trials(deepcopy=False)) if t.number < trial.number]
+        if len(ahead) >= self.target:
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("fail_reason", f"surplus: the study already has its {self.target} trials")
+            trial.study.stop()
+            raise _Surplus(self.target)
+        try:
+            if not self.journal_heartbeat:
+                return self.objective(trial)
+            with _heartbeat(trial, heartbeat_settings()[0]):
+                return self.objective(trial)
+        except KeyboardInterrupt as e:
+            trial.set_user_attr("interrupted", getattr(e, "signal", "SIGINT"))
+            trial.set_user_attr("fail_reason", "interrupted")
+            _requeue(trial.study, trial)
+            raise
+
+
+class _Surplus(Exception):
+    def __init__(self, target: int) -> None:
+        super().__init__(f"the study already has its {target} trials")
+
+
+_SIGNALLED: list[int] = []
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """Raises once: a second signal (the parent forwarding one) must not break the first one's cleanup."""
+    if not _SIGNALLED:
+        _SIGNALLED.append(signum)
+        raise Interrupted(signum)
+
+
+@contextmanager
+def _interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (main thread only; restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _SIGNALLED.clear()
+
+
+def _stop_at(target: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """After each trial: recover dead workers' trials, then stop once every counted slot is taken
+    (finished or running elsewhere, none waiting) — a waiting re-queued trial keeps the worker on."""
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        recover_stale_trials(study)
+        counted = _counted(study.get_trials(deepcopy=False))
+        if len(counted) >= target and not any(t.state == TrialState.WAITING for t in counted):
             study.stop()
     return callback
 
@@ -46,10 +271,10 @@ class WorkerSpec:
     """What one worker process runs.
 
     Attributes:
-        n_trials: trials this worker runs at most (its share of the remaining ones).
+        n_trials: trials this worker runs at most (the slot claims stop it at ``target`` first).
         target: finished trials of the whole study at which every worker stops.
         threads: CPU threads for torch (None: leave as is).
-        worker: index of the worker (offsets the sampler seed).
+        worker: index of the worker (one input of the sampler seed, see ``samplers.run_seed``).
         progress_bar: one Optuna progress bar, with the per-trial lines written above it.
     """
 
@@ -67,19 +292,41 @@ class WorkerSpec:
 
 
 def _worker(spec: WorkerSpec) -> None:
-    """One worker: builds its own context and runs ``spec.n_trials`` trials of the shared study."""
+    """One worker: builds its own context and runs at most ``spec.n_trials`` trials of the shared study.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM (the trial in flight is failed as "interrupted" and re-queued).
+        ConfigError: the storage cannot be written (one line naming it).
+    """
     set_cpu_threads(spec.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, cfg = load_study(spec.name, spec.storage, worker=spec.worker)
-    ctx = build_context(cfg, device=spec.device, progress=not spec.quiet)
-    art = spec.artifact_dir or study.user_attrs.get("artifact_dir")
-    bar = spec.progress_bar and spec.n_trials > 0
-    log: Callable[[str], None] = tqdm.write if bar else print
-    objective = Objective(cfg, ctx, artifact_dir=art, log=log)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # show_progress_bar
-        study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout, catch=(Exception,),
-                       callbacks=[_stop_at(spec.target)], gc_after_trial=True, show_progress_bar=bar)
+    with _interrupts():
+        study, cfg = load_study(spec.name, spec.storage, worker=spec.worker)
+        ctx = build_context(cfg, device=spec.device, progress=not spec.quiet)
+        art = spec.artifact_dir or study.user_attrs.get("artifact_dir")
+        bar = spec.progress_bar and spec.n_trials > 0
+        log: Callable[[str], None] = tqdm.write if bar else print
+        objective = _Guarded(Objective(cfg, ctx, artifact_dir=art, log=log), spec.target,
+                             journal_heartbeat=not has_rdb_heartbeats(study._storage))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # show_progress_bar
+                study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout, catch=(Exception,),
+                               callbacks=[_stop_at(spec.target)], gc_after_trial=True, show_progress_bar=bar)
+        except (OSError, sqlalchemy.exc.SQLAlchemyError) as e:
+            raise storage_error(spec.storage, e, "; the trials stored so far are kept, and the one in flight "
+                                                 "is re-queued when `study optimize` runs again") from None
+
+
+def _worker_process(spec: WorkerSpec) -> None:
+    """A spawned worker: one line and exit code 2 for a ConfigError, 130 when interrupted."""
+    try:
+        _worker(spec)
+    except ConfigError as e:
+        print(f"error: worker {spec.worker}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: int = 1,
@@ -90,11 +337,19 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     With one worker on a terminal, a progress bar counts the trials (``progress=False`` hides it).
 
     With ``workers > 1`` each worker is a separate process sharing the storage, pinned to its own
-    GPU when several exist; the remaining trials are split exactly between them. Workers on other
-    machines pointing at the same storage stop once the study reaches the target.
+    GPU when several exist. Workers claim trial slots as they start them (see the module docstring),
+    so this run, a restarted worker and workers on other machines pointing at the same storage
+    together run exactly the target. SIGINT or SIGTERM stops every worker (each fails its trial as
+    "interrupted" and re-queues it) and raises :class:`Interrupted`.
     """
     study, cfg = load_study(name, storage)
     target = cfg.n_trials if n_trials is None else n_trials
+    try:
+        recovered = recover_stale_trials(study)
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise storage_error(storage, e) from None
+    if recovered:
+        print(f"re-queued trial(s) {recovered} of worker(s) that are gone", flush=True)
     remaining = target - finished_trials(study)
     if remaining <= 0:
         print(f"study {name!r} already has {finished_trials(study)} finished trials (target {target})")
@@ -110,20 +365,42 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
     else:
         devices = _worker_devices(device, workers)
         threads = max(1, (os.cpu_count() or 1) // workers)
-        shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
         ctx = mp.get_context("spawn")
-        specs = [WorkerSpec(name, storage, shares[i], target, device=devices[i], threads=threads, timeout=timeout,
+        # each may run all remaining trials: the slot claims stop them at the target together
+        specs = [WorkerSpec(name, storage, remaining, target, device=devices[i], threads=threads, timeout=timeout,
                             artifact_dir=artifact_dir, quiet=quiet, worker=i) for i in range(workers)]
-        procs = [ctx.Process(target=_worker, args=(spec,), daemon=False) for spec in specs]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        procs = [ctx.Process(target=_worker_process, args=(spec,), daemon=False) for spec in specs]
+        with _interrupts():
+            try:
+                for p in procs:
+                    p.start()
+                for p in procs:
+                    p.join()
+            except KeyboardInterrupt:
+                _stop_workers(procs)
+                raise
         bad = [p.exitcode for p in procs if p.exitcode != 0]
         if bad:
             print(f"warning: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
     study, _ = load_study(name, storage)
     return study
+
+
+def _stop_workers(procs: Sequence[mp.process.BaseProcess], grace_s: float = 30.0) -> None:
+    """SIGTERM to every live worker (each fails and re-queues its trial), SIGKILL after ``grace_s``."""
+    for p in procs:
+        if p.pid is not None and p.exitcode is None:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        if p.pid is not None:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+                p.join()
 
 
 def _worker_devices(device: str | None, workers: int) -> list[str | None]:
