@@ -128,14 +128,14 @@ def _stale_reason(t: FrozenTrial, grace_s: float, now: float) -> str | None:
     return None
 
 
-def recover_stale_trials(study: optuna.Study, *, grace_s: float | None = None) -> list[int]:
+def recover_stale_trials(study: optuna.Study, *, grace_s: float | None = None, now: float | None = None) -> list[int]:
     """Fails and re-queues the RUNNING trials of dead workers (storages without Optuna heartbeats).
 
     A trial is stale when its worker process is gone (same host, pid not alive) or its heartbeat is
     older than ``grace_s`` (``$SEARCHPRUNE_HEARTBEAT_GRACE``, 180 s). It is marked FAIL with
     ``fail_reason`` and ``requeued``, and its params are enqueued again with its seed and
     ``retry_of``. Two workers recovering at once re-queue it once (the second cannot fail a finished
-    trial). RDB storages are left to Optuna's heartbeats.
+    trial). RDB storages are left to Optuna's heartbeats. ``now`` (epoch seconds) is for tests.
 
     Returns:
         The numbers of the trials recovered.
@@ -144,7 +144,7 @@ def recover_stale_trials(study: optuna.Study, *, grace_s: float | None = None) -
     if has_rdb_heartbeats(storage):
         return []
     grace = heartbeat_settings()[1] if grace_s is None else grace_s
-    now, done = time.time(), []
+    now, done = (time.time() if now is None else now), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _stale_reason(t, grace, now)
         if reason is None:
@@ -313,9 +313,23 @@ def _worker(spec: WorkerSpec) -> None:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # show_progress_bar
                 study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout, catch=(Exception,),
                                callbacks=[_stop_at(spec.target)], gc_after_trial=True, show_progress_bar=bar)
-        except (OSError, sqlalchemy.exc.SQLAlchemyError) as e:
-            raise storage_error(spec.storage, e, "; the trials stored so far are kept, and the one in flight "
-                                                 "is re-queued when `study optimize` runs again") from None
+        except Exception as e:
+            cause = _storage_cause(e)
+            if cause is None:
+                raise
+            raise storage_error(spec.storage, cause, "; the trials stored so far are kept, and the one in flight "
+                                                     "is re-queued when `study optimize` runs again") from None
+
+
+def _storage_cause(e: BaseException | None) -> BaseException | None:
+    """The storage error behind ``e``: itself, or one in its context chain (Optuna, failing to record
+    a trial's end, raises an AssertionError while handling the write error)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, (OSError, sqlalchemy.exc.SQLAlchemyError)):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def _worker_process(spec: WorkerSpec) -> None:

@@ -71,7 +71,9 @@ def heartbeat_settings() -> tuple[int, int]:
 
 def has_rdb_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
     """Whether Optuna itself fails and retries a dead worker's trial on this storage."""
-    return isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
+    # Study._storage wraps an RDBStorage in Optuna's cache; both answer get_heartbeat_interval
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
 
 
 def _journal(path: str) -> JournalStorage:
