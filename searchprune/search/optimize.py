@@ -6,15 +6,17 @@ No lost or repeated work:
   that was re-queued (a dead worker's, an interrupted one) or a surplus one. A trial claims its slot
   when it starts: if the counted trials numbered below it (any state, waiting ones included) already
   reach the target, it is failed at once as ``surplus`` and its worker stops, so workers that start
-  together, a worker restarted mid-study or workers on other machines never overshoot.
+  together, a worker restarted mid-study or workers on other machines never overshoot. A worker
+  whose remaining slots are all running elsewhere waits for them instead of leaving, so a dead
+  worker's trial is retried within the run.
 - **Interrupts.** SIGINT and SIGTERM raise :class:`Interrupted` in the running trial: it is failed with
   ``fail_reason`` "interrupted" (user attr ``interrupted``: the signal), its parameters are re-queued
   and the process ends (exit code 130 from the CLI). It does not count; a resumed run reruns it.
 - **Dead workers.** RDB storages (SQLite, PostgreSQL, MySQL) use Optuna's heartbeats: a RUNNING
   trial whose heartbeat is older than the grace period is failed and retried with the same params
   and seed (``RetryHeartbeatStaleTrialCallback``). Other storages (journal files) get searchprune's
-  own: every trial stores ``worker_host``, ``worker_pid`` and a ``heartbeat`` time (rewritten every
-  ``$SEARCHPRUNE_HEARTBEAT_INTERVAL`` seconds); when ``optimize`` starts and after every trial, a
+  own: every trial stores ``worker_host`` and ``worker_pid`` (on every storage) and a ``heartbeat``
+  time (rewritten every ``$SEARCHPRUNE_HEARTBEAT_INTERVAL`` seconds); when ``optimize`` starts and after every trial, a
   RUNNING trial whose worker process is gone (same host, pid not alive) or whose heartbeat is older
   than ``$SEARCHPRUNE_HEARTBEAT_GRACE`` seconds (180) is marked FAIL (``fail_reason`` says why) and
   re-queued with the same params and seed (user attr ``retry_of``: its number).
@@ -170,28 +172,32 @@ def _requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> None:
 
 
 @contextmanager
-def _heartbeat(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
-    """Owner attrs, and a thread rewriting ``heartbeat`` every ``interval_s`` (no Optuna heartbeat here)."""
+def _owned(trial: optuna.Trial, heartbeat_s: float | None) -> Iterator[None]:
+    """Owner attrs (``worker_host``, ``worker_pid``) on every storage; where Optuna keeps no
+    heartbeat, also a thread rewriting the ``heartbeat`` attr every ``heartbeat_s`` seconds."""
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
-    trial.set_user_attr("heartbeat", time.time())
     _HERE.add(trial._trial_id)
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(interval_s):
+        while not stop.wait(heartbeat_s):
             try:
                 trial.storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
             except Exception:  # a storage hiccup: the next beat tries again; the trial itself reports errors
                 pass
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-    thread.start()
+    thread = None
+    if heartbeat_s is not None:
+        trial.set_user_attr("heartbeat", time.time())
+        thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+        thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join()
+        if thread is not None:
+            thread.join()
         _HERE.discard(trial._trial_id)
 
 
@@ -214,9 +220,7 @@ class _Guarded:
             trial.study.stop()
             raise _Surplus(self.target)
         try:
-            if not self.journal_heartbeat:
-                return self.objective(trial)
-            with _heartbeat(trial, heartbeat_settings()[0]):
+            with _owned(trial, heartbeat_settings()[0] if self.journal_heartbeat else None):
                 return self.objective(trial)
         except KeyboardInterrupt as e:
             trial.set_user_attr("interrupted", getattr(e, "signal", "SIGINT"))
@@ -255,14 +259,30 @@ def _interrupts() -> Iterator[None]:
         _SIGNALLED.clear()
 
 
-def _stop_at(target: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """After each trial: recover dead workers' trials, then stop once every counted slot is taken
-    (finished or running elsewhere, none waiting) — a waiting re-queued trial keeps the worker on."""
+def _stop_at(target: int, deadline: float | None = None) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """After each trial: recover dead workers' trials; go on while a counted slot is free or a
+    re-queued trial waits; stop once every counted trial is finished. While the last slots are
+    running in other workers, wait for them (polling every heartbeat interval, at most the grace
+    period and two intervals): one that turns out dead is failed and retried, and this worker runs
+    the retry, so a run does not end with a dead worker's slot lost."""
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        recover_stale_trials(study)
-        counted = _counted(study.get_trials(deepcopy=False))
-        if len(counted) >= target and not any(t.state == TrialState.WAITING for t in counted):
-            study.stop()
+        interval, grace = heartbeat_settings()
+        wait_until = time.time() + grace + 2 * interval  # long enough for a dead worker's trial to go stale
+        while True:
+            if has_rdb_heartbeats(study._storage):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            else:
+                recover_stale_trials(study)
+            counted = _counted(study.get_trials(deepcopy=False))
+            if len(counted) < target or any(t.state == TrialState.WAITING for t in counted):
+                return
+            now = time.time()
+            if all(t.state.is_finished() for t in counted) or now > wait_until or (deadline and now > deadline):
+                study.stop()  # the rest runs elsewhere (alive, or to be recovered by the next run)
+                return
+            time.sleep(min(interval, 5))
     return callback
 
 
@@ -311,8 +331,10 @@ def _worker(spec: WorkerSpec) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # show_progress_bar
+                deadline = None if spec.timeout is None else time.time() + spec.timeout
                 study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout, catch=(Exception,),
-                               callbacks=[_stop_at(spec.target)], gc_after_trial=True, show_progress_bar=bar)
+                               callbacks=[_stop_at(spec.target, deadline)], gc_after_trial=True,
+                               show_progress_bar=bar)
         except Exception as e:
             cause = _storage_cause(e)
             if cause is None:
