@@ -118,7 +118,7 @@ def test_a_trial_past_the_target_is_surplus_and_does_not_count(tmp_path):
     assert "surplus" in surplus.user_attrs["fail_reason"] and finished_trials(study) == 2
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_trial_fails_as_interrupted_and_is_requeued(tmp_path, signum):
     study = _journal_study(tmp_path)
 
@@ -345,7 +345,7 @@ def _slow_cfg(tmp_path: Path, base: Path, name: str, n: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_trial_ends_the_process_and_the_resumed_study_reaches_its_target(tmp_path, base, signum):
     storage = str(tmp_path / "sig.log")
     cfg = _slow_cfg(tmp_path, base, "sig", 2)
