@@ -64,7 +64,7 @@ def _spawn(code: str, env: dict[str, str]) -> subprocess.Popen:
 def test_three_workers_one_killed_and_restarted(tmp_path, base, storage):
     cfg = tiny_study_config(tmp_path, base, name="soak", n_trials=N,
                             defaults={"prune": {"method": "magnitude", "sparsity": 0.5},
-                                      "finetune": {"recipe": "fast", "epochs": 1, "lr": 0.02}})
+                                      "finetune": {"recipe": "fast", "epochs": 0.5, "lr": 0.02}})
     create_study(cfg, storage=storage)
     ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEARCHPRUNE_THREADS": "1",
@@ -125,4 +125,5 @@ def test_three_workers_one_killed_and_restarted(tmp_path, base, storage):
     study = optuna.load_study(study_name="soak", storage=make_storage(storage))
     front = {t.number for t in complete if not any(_dominates(o.values, t.values) for o in complete)}
     assert {t.number for t in study.best_trials} == front and front
-    print(f"soak on {storage.split(':')[0]}: {len(trials)} trials, {time.monotonic() - t0:.0f} s")
+    kind = storage.split("://")[0] if "://" in storage else "journal"
+    print(f"soak on {kind}: {len(trials)} trials, {time.monotonic() - t0:.0f} s")
