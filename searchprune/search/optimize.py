@@ -5,7 +5,7 @@ No lost or repeated work:
 - **Which trials count.** A study stops at ``target`` trials that count: every trial except a FAIL
   that was re-queued (a dead worker's, an interrupted one) or a surplus one. A trial claims its slot
   when it starts: if the counted trials numbered below it (any state, waiting ones included) already
-  reach the target, it is failed at once as ``surplus`` and its worker stops, so workers that start
+  reach the target, it is pruned at once as ``surplus`` (counted nowhere) and its worker stops, so workers that start
   together, a worker restarted mid-study or workers on other machines never overshoot. A worker
   whose remaining slots are all running elsewhere waits for them instead of leaving, so a dead
   worker's trial is retried within the run.
@@ -78,11 +78,13 @@ def retry_of(t: FrozenTrial) -> int | None:
 
 
 def counts(t: FrozenTrial, retried: set[int]) -> bool:
-    """Whether ``t`` counts toward the target: not a FAIL that was re-queued, interrupted or surplus."""
+    """Whether ``t`` counts toward the target: not surplus, nor a FAIL that was re-queued or interrupted."""
+    ua = t.user_attrs
+    if ua.get("surplus"):
+        return False
     if t.state != TrialState.FAIL:
         return True
-    ua = t.user_attrs
-    return not (t.number in retried or ua.get("requeued") or ua.get("interrupted") or ua.get("surplus"))
+    return not (t.number in retried or ua.get("requeued") or ua.get("interrupted"))
 
 
 def _counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -218,7 +220,7 @@ class _Guarded:
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("fail_reason", f"surplus: the study already has its {self.target} trials")
             trial.study.stop()
-            raise _Surplus(self.target)
+            raise optuna.TrialPruned(f"surplus: the study already has its {self.target} trials")
         try:
             with _owned(trial, heartbeat_settings()[0] if self.journal_heartbeat else None):
                 return self.objective(trial)
@@ -227,11 +229,6 @@ class _Guarded:
             trial.set_user_attr("fail_reason", "interrupted")
             _requeue(trial.study, trial)
             raise
-
-
-class _Surplus(Exception):
-    def __init__(self, target: int) -> None:
-        super().__init__(f"the study already has its {target} trials")
 
 
 _SIGNALLED: list[int] = []

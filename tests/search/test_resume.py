@@ -113,7 +113,7 @@ def test_a_trial_past_the_target_is_surplus_and_does_not_count(tmp_path):
     called = []
     guarded = _Guarded(lambda t: called.append(t) or (0.9, 0.5, 1.0), target=2, journal_heartbeat=True)
     study.optimize(guarded, n_trials=3, catch=(Exception,))
-    (surplus,) = study.get_trials(states=(TrialState.FAIL,))
+    (surplus,) = study.get_trials(states=(TrialState.PRUNED,))
     assert not called and surplus.user_attrs["surplus"] is True  # stopped after the first surplus trial
     assert "surplus" in surplus.user_attrs["fail_reason"] and finished_trials(study) == 2
 
@@ -382,3 +382,49 @@ def test_a_signal_mid_trial_ends_the_process_and_the_resumed_study_reaches_its_t
     trials = trials_of(storage, "sig")
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert retry_of(trials[1]) == 0 and trials[1].user_attrs["seed"] == interrupted.user_attrs["seed"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_multi_worker_run_reaches_every_worker(tmp_path, base):
+    """`--workers 2`: SIGTERM to the parent is forwarded; each worker fails its trial as interrupted and
+    re-queues it, every process ends, and nothing is left RUNNING."""
+    storage = str(tmp_path / "multi.log")
+    cfg = _slow_cfg(tmp_path, base, "multi", 4)
+    create_study(cfg, storage=storage)
+    from searchprune._torch import get_device
+    from searchprune.data import make_splits
+    from searchprune.search import ensure_base_model
+    ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)
+    script = textwrap.dedent(f"""
+        import sys
+        from searchprune.cli import main
+        sys.exit(main(["study", "optimize", "--name", "multi", "--storage", {storage!r}, "--workers", "2",
+                       "--quiet"]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            running = [t for t in trials_of(storage, "multi") if t.state == TrialState.RUNNING and t.params
+                       and "worker_pid" in t.user_attrs]
+            if len(running) == 2:
+                break
+            assert proc.poll() is None, f"optimize exited ({proc.returncode}) early"
+            assert time.monotonic() < deadline, "two trials did not run at once within 240 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 130, proc.stderr.read()
+    trials = {t.number: t for t in trials_of(storage, "multi")}
+    for r in running:
+        assert trials[r.number].state == TrialState.FAIL and trials[r.number].user_attrs["interrupted"] == "SIGTERM"
+        with pytest.raises(ProcessLookupError):
+            os.kill(r.user_attrs["worker_pid"], 0)
+    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
+    assert sorted(retry_of(t) for t in trials.values() if t.state == TrialState.WAITING) == \
+        sorted(r.number for r in running)
