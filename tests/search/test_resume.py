@@ -30,7 +30,8 @@ from searchprune.cli import main
 from searchprune.errors import ConfigError
 from searchprune.search import create_study, finished_trials, make_storage, optimize
 from searchprune.search import objective as objective_module
-from searchprune.search.optimize import _HERE, Interrupted, _Guarded, recover_stale_trials, retry_of
+from searchprune.search.optimize import Interrupted, _Guarded
+from searchprune.search.recovery import _HERE, recover_stale_trials, retry_of
 from searchprune.search.samplers import run_seed
 from searchprune.search.study import DIRECTIONS
 

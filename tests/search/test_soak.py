@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from searchprune._torch import get_device
 from searchprune.data import make_splits
 from searchprune.search import create_study, ensure_base_model, make_storage
-from searchprune.search.optimize import retry_of
+from searchprune.search.recovery import retry_of
 from searchprune.search.study import DIRECTIONS
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from searchprune.search import create_study, optimize
-from searchprune.search.optimize import retry_of
+from searchprune.search.recovery import retry_of
 
 pytestmark = pytest.mark.slow
 
