@@ -5,7 +5,8 @@
 - :mod:`.study`: validation at ``study create``, creation and loading;
 - :mod:`.objective`: the Optuna objective (suggest, run the core, store attrs, checkpoints, artifacts);
 - :mod:`.optimize`: one process or several workers sharing the storage;
-- :mod:`.reports`, :mod:`.export`, :mod:`.plots`: what a study found, a chosen model, figures;
+- :mod:`.reports`, :mod:`.export`, :mod:`.plots` (:mod:`.plot_data`), :mod:`.report`: what a study found,
+  a chosen model, figures, the one-page HTML report;
 - :mod:`.certify`: the front re-measured on held-out test images with the full attack suite.
 
 Layering: this package imports :mod:`searchprune.trial` and below, never the CLI.
@@ -19,6 +20,7 @@ from .export import ExportMismatch, Rule, evaluate_export, export_trial, load, p
 from .objective import Objective, build_context, ensure_base_model, prunable_layer_names
 from .optimize import WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
+from .report import write_report
 from .reports import (
     CERTIFIED_ATTR,
     TABLE_COLUMNS,
@@ -70,7 +72,7 @@ __all__ = [
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
-    "ExportMismatch", "PROJECTIONS", "figures", "write_plots", "cost_kind",
+    "ExportMismatch", "PROJECTIONS", "figures", "write_plots", "write_report", "cost_kind",
     # certify
     "CERTIFIED_ATTR", "certified_attrs", "AttackSpec", "CertifyReport", "certify_candidates", "certify_study",
     "parse_attack",

@@ -23,7 +23,7 @@ from ..models import list_models
 from ..prune import check_config, list_methods
 from ..train import list_recipes
 from .baselines import baseline_trials
-from .samplers import SAMPLERS, make_sampler
+from .samplers import SAMPLERS, make_sampler, run_seed
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
 from .storage import default_storage_url, make_storage
 
@@ -147,13 +147,18 @@ def stored_config(study: optuna.Study) -> StudyConfig:
 
 
 def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Study, StudyConfig]:
-    """Opens an existing study and its stored config (``worker`` offsets the sampler seed)."""
+    """Opens an existing study and its stored config.
+
+    The sampler is seeded by :func:`~searchprune.search.samplers.run_seed` from the study seed,
+    ``worker`` and the number of trials already stored: parallel workers and resumed runs propose
+    new points, and the same history gives the same proposals.
+    """
     store = make_storage(storage)
     names = optuna.get_all_study_names(store)
     if name not in names:
         raise ConfigError(f"no study named {name!r} in {storage}; studies there: {', '.join(names) or '(none)'}")
-    cfg = stored_config(optuna.load_study(study_name=name, storage=store))
-    # Parallel workers must not share a seed, or they would propose the same points.
-    seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker
+    plain = optuna.load_study(study_name=name, storage=store)
+    cfg = stored_config(plain)
+    seed = run_seed(cfg.sampler.seed, worker=worker, n_trials=len(plain.get_trials(deepcopy=False)))
     sampler = make_sampler(cfg.sampler.name, seed=seed, options=cfg.sampler.options)
     return optuna.load_study(study_name=name, storage=store, sampler=sampler), cfg
