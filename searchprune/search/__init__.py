@@ -6,7 +6,8 @@
 - :mod:`.objective`: the Optuna objective (suggest, run the core, store attrs, checkpoints, artifacts);
 - :mod:`.optimize`: one process or several workers sharing the storage;
 - :mod:`.reports`, :mod:`.export`, :mod:`.plots` (:mod:`.plot_data`), :mod:`.report`: what a study found,
-  a chosen model, figures, the one-page HTML report.
+  a chosen model, figures, the one-page HTML report;
+- :mod:`.certify`: the front re-measured on held-out test images with the full attack suite.
 
 Layering: this package imports :mod:`searchprune.trial` and below, never the CLI.
 """
@@ -14,6 +15,7 @@ Layering: this package imports :mod:`searchprune.trial` and below, never the CLI
 from __future__ import annotations
 
 from .baselines import BASELINES, Baseline, baseline_trials, list_baselines, register_baseline
+from .certify import AttackSpec, CertifyReport, certify_candidates, certify_study, parse_attack
 from .export import (
     ExportMismatch,
     Rule,
@@ -29,7 +31,10 @@ from .optimize import RunFailed, WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
 from .report import write_report
 from .reports import (
+    CERTIFIED_ATTR,
     TABLE_COLUMNS,
+    certified_attrs,
+    cost_kind,
     format_table,
     hypervolume,
     pareto_rows,
@@ -77,5 +82,8 @@ __all__ = [
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
-    "ExportMismatch", "split_fingerprint", "PROJECTIONS", "figures", "write_plots", "write_report",
+    "ExportMismatch", "split_fingerprint", "PROJECTIONS", "figures", "write_plots", "write_report", "cost_kind",
+    # certify
+    "CERTIFIED_ATTR", "certified_attrs", "AttackSpec", "CertifyReport", "certify_candidates", "certify_study",
+    "parse_attack",
 ]

@@ -58,6 +58,7 @@ from ..data import ArrayDataset, BatchLoader, make_splits
 from ..deploy import deployable, latency_ms, size_bytes
 from ..errors import ConfigError
 from .model_card import model_card
+from .reports import certified_attrs
 from .study import stored_config
 
 __all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch",
@@ -113,12 +114,14 @@ def parse_rule(text: str) -> Rule:
     return Rule(parts[0], parts[1], tuple(conds))
 
 
-def trial_metric(trial: optuna.trial.FrozenTrial, name: str, metric_names: list[str] | None) -> float | None:
-    """An objective (by metric name) or a numeric user attribute of a trial."""
+def trial_metric(trial: optuna.trial.FrozenTrial, name: str, metric_names: list[str] | None, *,
+                 extra: Mapping[str, Any] | None = None) -> float | None:
+    """An objective (by metric name) or a numeric user attribute of a trial (or of ``extra``, e.g.
+    its certified ``test_*`` metrics)."""
     names = metric_names or []
     if name in names and trial.values is not None:
         return float(trial.values[names.index(name)])
-    v = trial.user_attrs.get(name)
+    v = {**trial.user_attrs, **(extra or {})}.get(name)
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
     return float(v)
@@ -134,20 +137,22 @@ def select_trial(study: optuna.Study, rule: Rule) -> optuna.trial.FrozenTrial:
     pareto = study.best_trials
     if not pareto:
         raise ConfigError(f"study {study.study_name!r} has no completed feasible trials to export")
-    known = set(names or []) | {k for t in pareto for k, v in t.user_attrs.items() if isinstance(v, int | float)}
+    cert = {t.number: certified_attrs(study, t) for t in pareto}  # rules may use the certified test_* metrics
+    known = set(names or []) | {k for t in pareto for k, v in {**t.user_attrs, **cert[t.number]}.items()
+                                if isinstance(v, int | float)}
     for m in [rule.metric, *(c[0] for c in rule.conditions)]:
         if m not in known:
             raise ConfigError(f"rule {str(rule)!r}: unknown metric {m!r}; expected one of: {', '.join(sorted(known))}")
     ok = []
     for t in pareto:
-        vals = [trial_metric(t, m, names) for m, _, _ in rule.conditions]
+        vals = [trial_metric(t, m, names, extra=cert[t.number]) for m, _, _ in rule.conditions]
         if all(v is not None and _OPS[op](v, ref) for v, (_, op, ref) in zip(vals, rule.conditions)):
-            if trial_metric(t, rule.metric, names) is not None:
+            if trial_metric(t, rule.metric, names, extra=cert[t.number]) is not None:
                 ok.append(t)
     if not ok:
         raise ConfigError(f"rule {str(rule)!r}: none of the {len(pareto)} Pareto trials satisfies the conditions")
     def key(t: optuna.trial.FrozenTrial) -> float:
-        value = trial_metric(t, rule.metric, names)
+        value = trial_metric(t, rule.metric, names, extra=cert[t.number])
         assert value is not None  # trials without the metric were filtered out above
         return value
 
@@ -214,25 +219,34 @@ def split_fingerprint(split: ArrayDataset) -> str:
     return h.hexdigest()
 
 
+def int8_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The deployed int8 model's accuracies (``int8_*`` attributes of an 8-bit trial; else empty)."""
+    return {k: v for k, v in trial.user_attrs.items() if k.startswith("int8_")}
+
+
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
                  device: str | None = None, rule: Rule | None = None, verify: bool = True,
-                 progress: bool = True, trust_factory: str | None = None) -> dict[str, Any]:
+                 force: bool = False, progress: bool = True, trust_factory: str | None = None) -> dict[str, Any]:
     """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
 
     ``progress`` reports the test split's strong attacks (a bar, or a line every 30 s off a terminal).
 
     Args:
+        force: export a trial whose masking flags made it infeasible (``eval.on_flag: infeasible``).
         trust_factory: the ``"module:function"`` model factory the caller trusts; a trial
             checkpoint naming any other factory is refused before anything is imported.
 
     Raises:
-        ConfigError: the trial's checkpoint holds another model or dataset than the study's, or
-            names an untrusted factory.
+        ConfigError: the trial is not complete, or is flagged for gradient masking and ``force`` is off;
+            its checkpoint holds another model or dataset than the study's, or names an untrusted factory.
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
     """
     cfg = stored_config(study)
     if trial.state != optuna.trial.TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: nothing to export")
+    if trial.constraints and trial.user_attrs.get("infeasible_reason") and not force:
+        raise ConfigError(f"trial {trial.number} is infeasible: {trial.user_attrs['infeasible_reason']}; its robust "
+                          "accuracy is not trusted (pass --force to export it anyway)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = _fetch_checkpoint(study, trial, out / "model.pt")
@@ -290,8 +304,13 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
         "study": study.study_name, "trial": trial.number, "rule": str(rule) if rule else None,
         "params": trial.params, "seed": ua.get("seed"), "values": trial.values,
         "metric_names": study.metric_names,
-        "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
+        "trial_metrics": {**{k: v for k, v in ua.items() if not k.startswith("artifact")},
+                          **certified_attrs(study, trial)},
         "verification": checks, "test_metrics": test_metrics, "test_sha256": split_fingerprint(splits.test),
+        # `study certify`'s held-out measurement with the full suite, preferred where present
+        "certified_metrics": certified_attrs(study, trial) or None,
+        "headline": ("certified" if certified_attrs(study, trial) else "export_test"),
+        "int8_metrics": int8_metrics(trial) or None, "cost_kind": cfg.cost, "forced": bool(force),
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
         "quant": meta.get("quant"), "finetune": meta.get("finetune"), "files": {"checkpoint": "model.pt", **plain},

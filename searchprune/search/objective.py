@@ -57,7 +57,7 @@ def build_context(cfg: StudyConfig, *, device: str | None = None,
     return TrialContext(
         base_model=model.to(dev).eval(), base_meta={k: meta[k] for k in ("model", "dataset")}, splits=splits,
         threat=cfg.threat, eval=cfg.eval, gate=cfg.gate, device=dev, eval_batch_size=cfg.data.eval_batch_size,
-        cache_dir=cfg.out_path.resolve() / "cache", progress=progress,
+        cache_dir=cfg.out_path.resolve() / "cache", cost=cfg.cost, progress=progress,
     )
 
 
@@ -118,12 +118,15 @@ class Objective:
         for k, v in result.flags.items():
             trial.set_user_attr(f"flag_{k}", bool(v))
         trial.set_user_attr("flag_any", any(result.flags.values()))
+        trial.set_user_attr("cost_kind", self.cfg.cost)
         self._constraints(trial, result)
         self._save(trial, result, params)
+        cost = result.cost(self.cfg.cost)
+        flagged = f"  FLAGGED ({self.cfg.eval.on_flag}): {result.flag_reason}" if result.flag_reason else ""
         self.log(f"trial {trial.number}: clean {result.clean_acc:.4f}  robust {result.robust_acc:.4f}  "
-                 f"macs {result.macs / 1e6:.2f}M ({result.macs / max(result.dense_macs, 1):.0%})  "
-                 f"{result.time_s:.1f}s")
-        return result.clean_acc, result.robust_acc, result.cost(self.cfg.cost)
+                 f"macs {result.macs / 1e6:.2f}M ({result.macs / max(result.base_macs, 1):.0%})  "
+                 f"{self.cfg.cost} {cost:.4g}  {result.time_s:.1f}s{flagged}")
+        return result.clean_acc, result.robust_acc, cost
 
     def _constraints(self, trial: optuna.Trial, result: TrialResult) -> None:
         c = self.cfg.constraints
@@ -136,9 +139,16 @@ class Objective:
         # Every trial: > 0 (infeasible, off the front) exactly when it is flagged at chance level.
         gap = float(result.checks["chance_threshold"]) - result.clean_acc
         trial.set_constraint("above_chance", max(gap, 1e-9) if result.flags.get("chance") else min(gap, -1e-9))
+        masking = self.cfg.eval.checks and self.cfg.eval.on_flag == "infeasible"
+        if masking:
+            # a fired masking flag: the robustness number is not trusted, so the trial leaves the
+            # feasible front (1.0 = violated; 0.0 = satisfied)
+            trial.set_constraint("masking", 1.0 if result.flagged else 0.0)
+            if result.flagged:
+                trial.set_user_attr("infeasible_reason", result.flag_reason)
         if any(v > 0 for v in getattr(trial, "constraints", {}).values()):
             trial.set_user_attr("feasible", False)
-        elif c.max_macs is not None or c.max_bitops is not None or c.min_clean_acc is not None:
+        elif c.max_macs is not None or c.max_bitops is not None or c.min_clean_acc is not None or masking:
             trial.set_user_attr("feasible", True)
 
     def _save(self, trial: optuna.Trial, result: TrialResult, params: TrialParams) -> None:

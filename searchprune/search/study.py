@@ -16,7 +16,8 @@ from typing import Any, Literal
 import optuna
 
 from ..attacks import list_attacks
-from ..config import ParamSpec, StudyConfig, build, to_dict
+from ..attacks.spec import parse_attack
+from ..config import COST_KINDS, ParamSpec, StudyConfig, build, to_dict
 from ..data import list_datasets, make_splits
 from ..errors import ConfigError
 from ..models import list_models
@@ -24,7 +25,7 @@ from ..prune import check_config, list_methods
 from ..train import list_recipes
 from .baselines import baseline_trials
 from .objective import base_checkpoint_path
-from .samplers import SAMPLERS, make_sampler
+from .samplers import SAMPLERS, make_sampler, run_seed
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
 from .storage import default_storage_url, make_storage, mask_url
 
@@ -33,7 +34,8 @@ __all__ = [
     "load_study", "stored_config",
 ]
 
-OBJECTIVE_NAMES = {"macs": ["clean_acc", "robust_acc", "macs"], "bitops": ["clean_acc", "robust_acc", "bitops"]}
+# the third objective is the study's ``cost`` (any of COST_KINDS); every trial stores all of them
+OBJECTIVE_NAMES = {kind: ["clean_acc", "robust_acc", kind] for kind in COST_KINDS}
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "maximize", "minimize"]
 CONFIG_ATTR = "searchprune_config"
 
@@ -50,6 +52,12 @@ def validate_names(cfg: StudyConfig) -> None:
         check(cfg.model.arch, list_models(), "model.arch")
     for a in (*cfg.eval.attacks, *cfg.eval.export_attacks):
         check(a, list_attacks(), "eval.attacks")
+    if cfg.eval.checks and cfg.eval.on_flag == "worst":
+        for a in cfg.eval.strong_attacks:
+            try:
+                parse_attack(a)
+            except ConfigError as e:
+                raise ConfigError(f"eval.strong_attacks: {e}") from None
     if cfg.eval.objective == "pgd" and "pgd" not in cfg.eval.attacks:
         raise ConfigError("eval.objective: 'pgd' needs 'pgd' in eval.attacks")
     if cfg.model.train is not None:
@@ -190,14 +198,19 @@ def stored_config(study: optuna.Study) -> StudyConfig:
 
 
 def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Study, StudyConfig]:
-    """Opens an existing study and its stored config (``worker`` offsets the sampler seed)."""
+    """Opens an existing study and its stored config.
+
+    The sampler is seeded by :func:`~searchprune.search.samplers.run_seed` from the study seed,
+    ``worker`` and the number of trials already stored: parallel workers and resumed runs propose
+    new points, and the same history gives the same proposals.
+    """
     store = make_storage(storage, create=False)
     names = optuna.get_all_study_names(store)
     if name not in names:
         raise ConfigError(f"no study named {name!r} in {mask_url(storage)}; "
                           f"studies there: {', '.join(names) or '(none)'}")
-    cfg = stored_config(optuna.load_study(study_name=name, storage=store))
-    # Parallel workers must not share a seed, or they would propose the same points.
-    seed = None if cfg.sampler.seed is None else cfg.sampler.seed + worker
+    plain = optuna.load_study(study_name=name, storage=store)
+    cfg = stored_config(plain)
+    seed = run_seed(cfg.sampler.seed, worker=worker, n_trials=len(plain.get_trials(deepcopy=False)))
     sampler = make_sampler(cfg.sampler.name, seed=seed, options=cfg.sampler.options)
     return optuna.load_study(study_name=name, storage=store, sampler=sampler), cfg
