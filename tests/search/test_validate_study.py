@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
-from searchprune.config import StudyConfig, build
+from searchprune.config import StudyConfig, build, load_study_config
 from searchprune.errors import ConfigError
 from searchprune.search import combinations, create_study, validate_study
 
@@ -158,3 +160,9 @@ def test_a_create_that_fails_halfway_leaves_no_study(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         create_study(build(StudyConfig, raw), storage=storage)
     assert optuna.get_all_study_names(storage) == []
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("studies/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_study_passes_validation(path: Path) -> None:
+    validate_study(load_study_config(path))
