@@ -50,7 +50,14 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from searchprune.config import StudyConfig, build, load_study_config, to_dict  # noqa: E402
-from searchprune.study import create_study, ensure_base_model, make_storage, optimize  # noqa: E402
+from searchprune.search import (  # noqa: E402
+    baseline_trials,
+    create_study,
+    ensure_base_model,
+    make_storage,
+    optimize,
+    reports,
+)
 
 SAMPLERS = ("tpe", "nsga2", "random")
 FULL_BASELINES = ("dense", "shrinkbench@0.5", "shrinkbench@0.8", "adver_fine@0.5", "hydra@0.8", "mrpf@0.8",
@@ -108,14 +115,9 @@ def _feasible(t: FrozenTrial) -> bool:
 
 def hypervolume(trials: Sequence[FrozenTrial], dense_macs: float) -> float:
     """Hypervolume of the feasible points in (-clean, -robust, macs / dense) w.r.t. (0, 0, 1)."""
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume  # no public equivalent in Optuna 5.0
-
     pts = [[-t.values[0], -t.values[1], t.values[2] / dense_macs] for t in trials if _feasible(t)]
     pts = [p for p in pts if p[2] < 1.0]  # at or beyond the reference: no volume
-    if not pts:
-        return 0.0
-    return float(compute_hypervolume(np.asarray(pts, dtype=float), np.asarray([0.0, 0.0, 1.0])))
+    return reports.hypervolume(pts, [0.0, 0.0, 1.0])
 
 
 def hv_curve(trials: Sequence[FrozenTrial], dense_macs: float) -> list[float]:
@@ -263,8 +265,6 @@ def throughput(base_cfg: StudyConfig, out: Path, args: argparse.Namespace) -> di
 def run_baselines(base_cfg: StudyConfig, out: Path, entries: Sequence[str],
                   args: argparse.Namespace) -> dict[str, Any]:
     """Runs each seed recipe once (enqueued trials of one study) and returns their points and HV."""
-    from searchprune.study import baseline_trials
-
     cfg = bench_config(base_cfg, name="baselines", out=out, quick=args.quick, n_trials=0,
                        sampler={"name": "random", "seed": 0}, pgd_steps=args.pgd_steps,
                        space=baseline_space(base_cfg))

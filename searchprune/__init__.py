@@ -28,7 +28,7 @@ __all__ = [
 
 def load(path):  # noqa: ANN001, ANN201 - thin lazy wrapper
     """Rebuilds a model from an export directory or a searchprune checkpoint file."""
-    from .export import load as _load
+    from .search.export import load as _load
 
     return _load(path)
 

@@ -18,9 +18,11 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .config import TrainRunConfig, build, load_study_config, load_yaml, to_dict
 from .errors import ConfigError
 
 __all__ = ["main"]
@@ -41,8 +43,7 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_study_create(a: argparse.Namespace) -> int:
-    from .config import load_study_config
-    from .study import create_study
+    from .search import create_study  # lazy: keeps --help fast
 
     cfg = load_study_config(a.config)
     study = create_study(cfg, storage=a.storage, name=a.name, artifact_dir=a.artifacts)
@@ -56,7 +57,7 @@ def cmd_study_create(a: argparse.Namespace) -> int:
 
 
 def cmd_study_optimize(a: argparse.Namespace) -> int:
-    from .study import optimize, resolve_storage, study_summary
+    from .search import optimize, resolve_storage, study_summary  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
     study = optimize(name, storage, n_trials=a.n_trials, workers=a.workers, device=a.device,
@@ -66,7 +67,7 @@ def cmd_study_optimize(a: argparse.Namespace) -> int:
 
 
 def cmd_study_show(a: argparse.Namespace) -> int:
-    from .study import load_study, resolve_storage, study_summary
+    from .search import load_study, resolve_storage, study_summary  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
     study, _ = load_study(name, storage)
@@ -75,7 +76,7 @@ def cmd_study_show(a: argparse.Namespace) -> int:
 
 
 def cmd_study_pareto(a: argparse.Namespace) -> int:
-    from .study import format_table, load_study, pareto_rows, resolve_storage
+    from .search import format_table, load_study, pareto_rows, resolve_storage  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
     study, cfg = load_study(name, storage)
@@ -87,8 +88,7 @@ def cmd_study_pareto(a: argparse.Namespace) -> int:
 
 
 def cmd_study_export(a: argparse.Namespace) -> int:
-    from .export import export_trial, parse_rule, select_trial
-    from .study import load_study, resolve_storage
+    from .search import export_trial, load_study, parse_rule, resolve_storage, select_trial  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
     study, _ = load_study(name, storage)
@@ -115,12 +115,13 @@ def cmd_study_export(a: argparse.Namespace) -> int:
 
 
 def cmd_study_dashboard(a: argparse.Namespace) -> int:
-    from .study import load_study, make_storage, resolve_storage
+    from optuna.artifacts import FileSystemArtifactStore  # lazy: keeps --help fast
+    from optuna_dashboard import run_server  # lazy: keeps --help fast
+
+    from .search import load_study, make_storage, resolve_storage  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
     study, _ = load_study(name, storage)  # fails clearly when the study does not exist
-    from optuna.artifacts import FileSystemArtifactStore
-    from optuna_dashboard import run_server
 
     art = a.artifacts or study.user_attrs.get("artifact_dir")
     store = FileSystemArtifactStore(art) if art and Path(art).is_dir() else None
@@ -133,8 +134,7 @@ def cmd_study_dashboard(a: argparse.Namespace) -> int:
 
 
 def cmd_study_plots(a: argparse.Namespace) -> int:
-    from .plots import write_plots
-    from .study import load_study, resolve_storage
+    from .search import load_study, resolve_storage, write_plots  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
     study, cfg = load_study(name, storage)
@@ -148,13 +148,12 @@ def cmd_study_plots(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ._torch import get_device, seed_everything, set_cpu_threads
-    from .attacks import evaluate
-    from .checkpoint import save_checkpoint
-    from .config import TrainRunConfig, build, load_yaml, to_dict
-    from .data import BatchLoader, make_splits
-    from .models import build_model
-    from .train import train_
+    from ._torch import get_device, seed_everything, set_cpu_threads  # lazy: keeps --help fast (torch)
+    from .attacks import evaluate  # lazy: keeps --help fast
+    from .checkpoint import save_checkpoint  # lazy: keeps --help fast
+    from .data import BatchLoader, make_splits  # lazy: keeps --help fast
+    from .models import build_model  # lazy: keeps --help fast
+    from .train import train_  # lazy: keeps --help fast
 
     set_cpu_threads()
     cfg: TrainRunConfig = build(TrainRunConfig, load_yaml(a.config))
@@ -185,7 +184,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .export import evaluate_export
+    from .search import evaluate_export  # lazy: keeps --help fast
 
     res = evaluate_export(a.path, device=a.device, attacks=tuple(a.attacks) if a.attacks else None,
                           data_dir=a.data_dir)
@@ -273,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_optuna() -> None:
     """Optuna labels APIs we rely on (metric names, heartbeats) experimental, and logs at INFO;
     both are noise on a user's terminal. Our own lines say what happens."""
-    import warnings
-
-    import optuna
+    import optuna  # lazy: `searchprune --help` must not pay for importing Optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Baselines (the dense model at sparsity 0) sit outside the searched range on purpose.

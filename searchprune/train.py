@@ -28,13 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._registry import Registry
-from ._torch import seed_everything
+from ._torch import eval_mode, model_device, seed_everything
 from .attacks._base import (
     Precision,
     ascent_step,
     autocast,
     conv_layout,
-    eval_mode,
     fast_layout,
     input_grad,
     project,
@@ -205,11 +204,6 @@ def scheduled_lr(cfg: TrainConfig, *, step: int, total: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    ref = next(iter(model.parameters()), None)
-    return ref.device if ref is not None else torch.device("cpu")
-
-
 def _plan(cfg: TrainConfig, loader: Iterable[Any]) -> tuple[int, int]:
     """(batches per full epoch, total batches to run) for possibly fractional ``cfg.epochs``."""
     if not isinstance(loader, Sized):
@@ -265,7 +259,7 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     if not trainable or not all(p.requires_grad for p in trainable):
         raise ConfigError("train_: expected a non-empty list of parameters that require grad")
     seed_everything(cfg.seed)
-    device = _model_device(model)
+    device = model_device(model) or torch.device("cpu")
     optimizer = _OPTIMIZERS[cfg.optimizer](trainable, cfg)
     ctx = RecipeContext(cfg=cfg, attack=cfg.attack or threat, precision=precision)
     history: list[dict[str, float]] = []

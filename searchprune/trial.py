@@ -4,7 +4,9 @@
 inside a study (``space.suggest`` makes the params), replays a stored trial for export, and runs
 in a unit test with hand-written params. Progress leaves through the optional ``report``
 callback; a multi-fidelity gate leaves through :class:`TrialGated`, which the study turns into
-``optuna.TrialPruned``.
+``optuna.TrialPruned``. Nothing here writes files: the result carries the trial's model, and
+:func:`checkpoint_metadata` the record a caller saves with it
+(:class:`searchprune.search.objective.Objective` does, for a study).
 
 Selection happens on the validation split (carved from train); the test split is only touched
 by export / ``searchprune eval``.
@@ -23,18 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._torch import seed_everything
-from .attacks import evaluate, transfer_examples
-from .checkpoint import save_checkpoint
+from ._torch import count_params, seed_everything
+from .attacks import accuracy_on_batches, evaluate, transfer_examples
+from .attacks.masking import CheckBudget, masking_checks
 from .config import EvalConfig, GateConfig, ThreatModel, TrialParams, to_dict
 from .data import BatchLoader, Splits
-from .macs import count_dense_macs, count_macs, count_params
+from .models.macs import count_dense_macs, count_macs
 from .prune import prune_
 from .quantize import count_bitops, model_size_bytes, quantize_
-from .robustness import masking_checks
 from .train import train_
 
-__all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics"]
+__all__ = ["TrialContext", "TrialResult", "TrialGated", "run_trial", "StageMetrics", "checkpoint_metadata"]
 
 Report = Callable[[str, Mapping[str, Any]], None]
 
@@ -55,7 +56,6 @@ class TrialContext:
     Attributes:
         base_model: the dense model; each trial works on a deep copy.
         base_meta: the base checkpoint's ``model`` and ``dataset`` records (for trial checkpoints).
-        out_dir: where trial checkpoints are written (None: not saved).
         cache_dir: where expensive per-base-model results (MRS scores) are cached.
     """
 
@@ -67,7 +67,6 @@ class TrialContext:
     gate: GateConfig = field(default_factory=GateConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     eval_batch_size: int = 256
-    out_dir: Path | None = None
     cache_dir: Path | None = None
     # transfer examples crafted once on the dense model, reused by every trial: (x_adv, y) batches
     _transfer: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
@@ -105,7 +104,9 @@ class TrialResult:
     """Everything a trial measured. Accuracies are fractions on the validation split.
 
     ``robust_acc`` is the robust objective (PGD accuracy, or the per-example worst case over the
-    study's attacks); ``cost`` is the third objective (``macs`` or ``bitops``).
+    study's attacks); ``cost`` is the third objective (``macs`` or ``bitops``). ``model`` is the
+    pruned, fine-tuned (and quantized) model itself; ``structural`` says channels were removed
+    physically (a checkpoint must record the structure).
     """
 
     clean_acc: float
@@ -124,7 +125,8 @@ class TrialResult:
     flags: Mapping[str, bool]
     time_s: float
     n_eval: int
-    checkpoint: str | None = None
+    structural: bool = False
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def pgd_acc(self) -> float:
@@ -151,16 +153,6 @@ def _stage(model: nn.Module, ctx: TrialContext) -> StageMetrics:
     return StageMetrics(clean_acc=res.clean, pgd_acc=res.robust["pgd"])
 
 
-def _transfer_accuracy(model: nn.Module, ctx: TrialContext) -> float:
-    batches = ctx.transfer_batches()  # crafted (once) with gradients, so outside no_grad
-    correct = total = 0
-    with torch.no_grad():
-        for x_adv, y in batches:
-            correct += (model(x_adv).argmax(1) == y).sum().item()
-            total += y.numel()
-    return correct / max(total, 1)
-
-
 def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: Report) -> None:
     """Fine-tunes with the trial's recipe; with the gate on, the first ``gate.epochs`` run first
     and the trial stops early (TrialGated) if it is below the floors."""
@@ -184,15 +176,13 @@ def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: 
     train_(model, loader, cfg, threat=ctx.threat)
 
 
-def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None,
-              name: str | None = None) -> TrialResult:
+def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None) -> TrialResult:
     """Runs one trial on a copy of the base model and measures it.
 
     Args:
         params: what to do (pruning, fine-tuning, quantization, seed).
         ctx: the study's shared data, base model and threat model.
         report: optional ``report(event, payload)`` callback for progress.
-        name: file name stem of the trial's checkpoint in ``ctx.out_dir`` (default: from the seed).
 
     Raises:
         TrialGated: the gate stopped the trial after its short fine-tune.
@@ -234,15 +224,17 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
     model.eval()
     res = evaluate(model, ctx.val_loader(ctx.eval.n_eval), ctx.threat, attacks=ctx.eval.attacks)
     robust = res.robust["pgd"] if ctx.eval.objective == "pgd" else res.worst
-    transfer = _transfer_accuracy(model, ctx) if ctx.eval.transfer else None
+    # examples crafted (once, with gradients) on the dense model, scored on this one
+    transfer = accuracy_on_batches(model, ctx.transfer_batches()) if ctx.eval.transfer else None
     checks: dict[str, Any] = {}
     flags: dict[str, bool] = {}
     if ctx.eval.checks:
         strong = [res.robust[a] for a in res.robust if a != "pgd"]
         mr = masking_checks(
             model, ctx.val_loader(ctx.eval.n_stage_eval), ctx.threat, pgd_acc=res.robust.get("pgd", robust),
-            strong_acc=min(strong) if strong else None, transfer_acc=transfer, n_images=ctx.eval.n_stage_eval,
-            apgd_steps=ctx.eval.check_apgd_steps, square_queries=ctx.eval.check_square_queries, seed=params.seed,
+            strong_acc=min(strong) if strong else None, transfer_acc=transfer,
+            budget=CheckBudget(n_images=ctx.eval.n_stage_eval, apgd_steps=ctx.eval.check_apgd_steps,
+                               square_queries=ctx.eval.check_square_queries, seed=params.seed),
         )
         checks, flags = mr.as_user_attrs(), dict(mr.flags)
     report("attack", {"clean_acc": res.clean, "robust_acc": robust})
@@ -255,15 +247,16 @@ def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None =
         bitops=count_bitops(model, ctx.input_shape), params=count_params(model, nonzero=True),
         size_bytes=model_size_bytes(model), sparsity=prune_report.sparsity,
         layer_sparsity=dict(prune_report.layer_sparsity), stages=stages, checks=checks, flags=flags,
-        time_s=time.perf_counter() - t0, n_eval=res.n,
+        time_s=time.perf_counter() - t0, n_eval=res.n, structural=prune_report.structural, model=model,
     )
-    if ctx.out_dir is not None:
-        path = Path(ctx.out_dir) / f"{name or f'trial_seed{params.seed}'}.pt"
-        save_checkpoint(path, model, {
-            **ctx.base_meta, "prune": to_dict(params.prune), "quant": to_dict(params.quant),
-            "finetune": to_dict(params.finetune), "threat": to_dict(ctx.threat), "metrics": result.metrics(),
-            "structure": prune_report.structural,
-        })
-        result = dataclasses.replace(result, checkpoint=str(path))
     return result
+
+
+def checkpoint_metadata(params: TrialParams, ctx: TrialContext, result: TrialResult) -> dict[str, Any]:
+    """The metadata a trial's checkpoint is saved with (what ``load_checkpoint`` rebuilds it from)."""
+    return {
+        **ctx.base_meta, "prune": to_dict(params.prune), "quant": to_dict(params.quant),
+        "finetune": to_dict(params.finetune), "threat": to_dict(ctx.threat), "metrics": result.metrics(),
+        "structure": result.structural,
+    }
 

@@ -15,7 +15,7 @@ import optuna
 import yaml
 
 from searchprune.config import StudyConfig, build
-from searchprune.study import make_storage
+from searchprune.search import make_storage
 
 __all__ = ["tiny_config", "tiny_study_config", "write_yaml", "trials_of"]
 

@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 from searchprune.config import QuantConfig
 from searchprune.errors import ConfigError
+from searchprune.models import create_model
 from searchprune.quantize import (
     ActFakeQuant,
     WeightFakeQuant,
@@ -424,7 +425,6 @@ class Pair(nn.Module):
 
 
 def test_bitops_by_hand() -> None:
-    pytest.importorskip("searchprune.macs", reason="searchprune.macs (layer_costs) not available yet")
     net = Pair()
     conv_macs, fc_macs = 2 * 1 * 9 * (2 * 2), 8 * 3  # weights x output positions
     assert count_bitops(net, (1, 4, 4)) == (conv_macs + fc_macs) * 32 * 32
@@ -499,14 +499,13 @@ def test_int8_untraceable_model_raises_config_error(data: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The project's own models (skipped until the model registry is importable)
+# The project's own models
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("arch,shape", [("cnn8", (1, 28, 28)), ("resnet20", (3, 32, 32))])
 def test_registry_models_quantize_and_export(arch: str, shape: tuple[int, int, int]) -> None:
-    models = pytest.importorskip("searchprune.models", reason="searchprune.models not available yet")
-    model = models.create_model(arch, num_classes=10, in_channels=shape[0], image_size=shape[1:]).eval()
+    model = create_model(arch, num_classes=10, in_channels=shape[0], image_size=shape[1:]).eval()
     calib = [(torch.rand(16, *shape), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     fq = quantize_(copy.deepcopy(model), QuantConfig(mode="ptq", weight_bits=8, act_bits=8, calib_batches=2),
                    calib_loader=calib)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from searchprune.checkpoint import load_checkpoint
+from searchprune.checkpoint import load_checkpoint, save_checkpoint
 from searchprune.config import (
     DataConfig,
     EvalConfig,
@@ -20,7 +20,7 @@ from searchprune.data import BatchLoader, make_splits
 from searchprune.models import create_model
 from searchprune.prune import get_method, list_methods
 from searchprune.train import train_
-from searchprune.trial import TrialContext, TrialGated, run_trial
+from searchprune.trial import TrialContext, TrialGated, checkpoint_metadata, run_trial
 
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=3, random_start=False)
 META = {"model": {"arch": "mnist_small", "factory": None, "kwargs": {}},
@@ -42,7 +42,7 @@ def _ctx(base, tmp_path=None, **eval_kw):
     ev = EvalConfig(n_eval=64, n_stage_eval=32, check_apgd_steps=5, check_square_queries=10,
                     **{"transfer": False, "checks": False, **eval_kw})
     return TrialContext(base_model=model, base_meta=META, splits=splits, threat=THREAT, eval=ev,
-                        eval_batch_size=64, out_dir=tmp_path, cache_dir=tmp_path)
+                        eval_batch_size=64, cache_dir=tmp_path)
 
 
 def _prune_cfg(method: str) -> PruneConfig:
@@ -71,7 +71,7 @@ def test_stages_flags_costs_and_checkpoint(base, tmp_path):
     params = TrialParams(prune=PruneConfig(sparsity=0.5), finetune=TrainConfig(recipe="standard", max_batches=2),
                          quant=QuantConfig(mode="ptq", weight_bits=4, act_bits=8), seed=3)
     ctx = _ctx(base, tmp_path, transfer=True, checks=True)
-    r = run_trial(params, ctx, name="t")
+    r = run_trial(params, ctx)
     assert set(r.stages) == {"prune", "finetune", "quantize"}
     assert r.transfer_acc is not None and 0 <= r.transfer_acc <= 1
     assert set(r.flags) >= {"zero_grad", "strong_gap", "transfer_above_whitebox"}
@@ -79,8 +79,12 @@ def test_stages_flags_costs_and_checkpoint(base, tmp_path):
     assert r.cost("bitops") == r.bitops and r.cost("macs") == r.macs
     m = r.metrics()
     assert m["stage_quantize_clean_acc"] == r.stages["quantize"].clean_acc and m["mac_ratio"] < 1
-    # the saved checkpoint rebuilds the quantized, pruned model and reproduces its clean accuracy
-    model, meta = load_checkpoint(r.checkpoint)
+    # the core writes nothing; its model saved with its metadata rebuilds the quantized, pruned model
+    # and reproduces its clean accuracy
+    assert not list(tmp_path.glob("*.pt"))
+    assert r.model is not None
+    path = save_checkpoint(tmp_path / "t.pt", r.model, checkpoint_metadata(params, ctx, r))
+    model, meta = load_checkpoint(path)
     assert meta["quant"]["weight_bits"] == 4
     x, y = next(iter(ctx.val_loader(64)))
     with torch.no_grad():

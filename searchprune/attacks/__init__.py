@@ -19,26 +19,40 @@ from . import pgd as _pgd_module  # noqa: F401
 from . import square as _square_module  # noqa: F401
 from . import transfer as _transfer_module  # noqa: F401
 from ._base import (
-    EvalResult,
-    accuracy,
+    Precision,
     ascent_step,
+    autocast,
+    conv_layout,
     eval_mode,
-    evaluate,
+    fast_layout,
     get_attack,
+    input_grad,
     list_attacks,
+    predict,
     project,
     random_start,
     register_attack,
-    robust_accuracy,
 )
 from .apgd import apgd
+from .evaluate import (
+    EvalResult,
+    accuracy,
+    accuracy_on_batches,
+    evaluate,
+    iter_batches,
+    robust_accuracy,
+    transfer_accuracy,
+)
 from .fgsm import fgsm
+from .masking import CheckBudget, MaskingReport, MaskingThresholds, masking_checks, masking_flags
 from .pgd import pgd
 from .square import square
-from .transfer import transfer_accuracy, transfer_examples
+from .transfer import transfer_examples
 
 __all__ = [
-    "EvalResult", "accuracy", "apgd", "ascent_step", "eval_mode", "evaluate", "fgsm", "get_attack",
-    "list_attacks", "pgd", "project", "random_start", "register_attack", "robust_accuracy", "square",
-    "transfer_accuracy", "transfer_examples",
+    "CheckBudget", "EvalResult", "MaskingReport", "MaskingThresholds", "Precision", "accuracy",
+    "accuracy_on_batches", "apgd", "ascent_step", "autocast", "conv_layout", "eval_mode", "evaluate",
+    "fast_layout", "fgsm", "get_attack", "input_grad", "iter_batches", "list_attacks", "masking_checks",
+    "masking_flags", "pgd", "predict", "project", "random_start", "register_attack", "robust_accuracy",
+    "square", "transfer_accuracy", "transfer_examples",
 ]

@@ -1,34 +1,30 @@
-"""The attack registry, the L-p geometry every attack shares, and the evaluation helpers.
+"""The attack registry and the L-p geometry every attack shares (balls, steps, input gradients).
 
 An attack is a function ``fn(model, x, y, threat, **options) -> x_adv`` registered by name; it
 puts the model in eval mode, restores each submodule's mode afterwards, and differentiates with
 respect to the input only (``torch.autograd.grad``), so parameter ``.grad`` is never touched.
-
-Evaluation helpers take any iterable of ``(x, y)`` batches with ``x`` in [0, 1]
-(``searchprune.data.BatchLoader`` or a plain list of tensor pairs) and move each batch to the
-model's device.
+Scoring models with attacks lives in :mod:`.evaluate`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .._registry import Registry
-from ..config import ThreatModel
+from .._torch import eval_mode
 from ..errors import ConfigError
 
 __all__ = [
-    "ATTACKS", "AttackFn", "EvalResult", "Precision", "register_attack", "list_attacks", "get_attack",
-    "accuracy", "robust_accuracy", "evaluate", "eval_mode", "autocast", "random_start", "ascent_step",
-    "project", "input_grad", "predict", "fast_layout", "conv_layout",
-]
+    "ATTACKS", "AttackFn", "Precision", "register_attack", "list_attacks", "get_attack", "call_with_options",
+    "eval_mode", "autocast", "random_start", "ascent_step", "project", "input_grad", "predict", "fast_layout",
+    "conv_layout",
+]  # eval_mode is _torch's, re-exported for the attack modules
 
 AttackFn = Callable[..., torch.Tensor]
 Precision = Literal["fp32", "bf16"]
@@ -73,22 +69,6 @@ def call_with_options(fn: Callable[..., torch.Tensor], attack: str, kwargs: dict
 # ---------------------------------------------------------------------------------------------
 # Shared machinery: modes, precision, L-p balls
 # ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Puts every submodule in eval mode and restores each one's own flag on exit.
-
-    Restoring per submodule (rather than ``model.train(was_training)``) keeps deliberately frozen
-    parts, e.g. BatchNorm layers held in eval mode during fine-tuning, as they were.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
@@ -235,141 +215,3 @@ def predict(model: nn.Module, x: torch.Tensor, *, precision: Precision = "fp32")
     """The model's predicted labels (B,), computed without gradients (mode left as it is)."""
     with torch.no_grad(), autocast(x.device, precision):
         return model(fast_layout(x)).argmax(dim=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Accuracies of one model on one set of images.
-
-    Attributes:
-        clean: accuracy on the clean images.
-        robust: attack name -> accuracy on that attack's adversarial images.
-        worst: per-example worst case: an image counts only if it is classified correctly clean
-            *and* under every listed attack (the adversary may always choose delta = 0).
-        transfer: accuracy on PGD examples crafted against ``source`` (None without a source).
-        n: number of images scored.
-    """
-
-    clean: float
-    robust: dict[str, float]
-    worst: float
-    transfer: float | None
-    n: int
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    ref: torch.Tensor | None = next(iter(model.parameters()), None)
-    if ref is None:
-        ref = next(iter(model.buffers()), None)
-    return None if ref is None else ref.device
-
-
-def _batches(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             max_images: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields loader batches on the model's device, cut off after ``max_images`` images."""
-    if max_images is not None and max_images < 1:
-        raise ConfigError(f"max_images: expected >= 1 or None, got {max_images}")
-    device = _model_device(model)
-    seen = 0
-    for x, y in loader:
-        if max_images is not None:
-            if seen >= max_images:
-                return
-            x, y = x[: max_images - seen], y[: max_images - seen]
-        seen += len(y)
-        if device is not None:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        yield x, y
-
-
-def accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
-             max_images: int | None = None) -> float:
-    """Clean top-1 accuracy (eval mode, no gradients; modes restored).
-
-    Args:
-        model: the classifier; inputs in [0, 1].
-        loader: iterable of ``(x, y)`` batches.
-        max_images: score only the first this many images.
-    """
-    correct = total = 0
-    with eval_mode(model), conv_layout(model):
-        for x, y in _batches(model, loader, max_images):
-            correct += int((predict(model, x) == y).sum())
-            total += len(y)
-    return correct / total if total else 0.0
-
-
-def robust_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    threat: ThreatModel, *, attack: str = "pgd", max_images: int | None = None,
-                    **options: Any) -> float:
-    """Accuracy on adversarial examples of one registered attack.
-
-    Args:
-        model: the classifier.
-        loader: iterable of ``(x, y)`` batches.
-        threat: the study's threat model.
-        attack: a name in :func:`list_attacks`.
-        max_images: attack only the first this many images.
-        **options: passed to the attack (e.g. ``precision="bf16"``, ``restarts=5``).
-    """
-    fn = get_attack(attack)
-    correct = total = 0
-    with eval_mode(model), conv_layout(model):
-        for x, y in _batches(model, loader, max_images):
-            x_adv = fn(model, x, y, threat, **options)
-            correct += int((predict(model, x_adv) == y).sum())
-            total += len(y)
-    return correct / total if total else 0.0
-
-
-def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], threat: ThreatModel, *,
-             attacks: Iterable[str] = ("pgd",), max_images: int | None = None,
-             source: nn.Module | None = None, precision: Precision = "fp32") -> EvalResult:
-    """Clean, per-attack, worst-case and (optionally) transfer accuracy in one pass over the data.
-
-    Args:
-        model: the classifier to score.
-        loader: iterable of ``(x, y)`` batches.
-        threat: the study's threat model, used by every attack.
-        attacks: registered attack names; each runs with the threat model's settings.
-        max_images: score only the first this many images.
-        source: a second model (typically the dense base) to craft transfer examples on; a
-            compressed model that resists white-box PGD but not these examples masks gradients.
-        precision: passed to every attack (and the transfer crafting); "bf16" crafts faster on
-            CPUs with bf16 support. Accuracies are always scored in fp32.
-
-    Returns:
-        An :class:`EvalResult`.
-    """
-    names = list(attacks)
-    fns = {name: get_attack(name) for name in names}  # unknown names fail before any work
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
-    extra = {} if precision == "fp32" else {"precision": precision}  # custom attacks may lack it
-    if source is not None:
-        from .transfer import transfer_examples  # transfer builds on pgd, which imports this module
-
-    clean = worst = transfer = total = 0
-    robust = dict.fromkeys(names, 0)
-    with eval_mode(model), conv_layout(model):
-        for x, y in _batches(model, loader, max_images):
-            ok = predict(model, x) == y  # (B,) bool
-            clean += int(ok.sum())
-            all_ok = ok.clone()
-            for name, fn in fns.items():
-                ok_a = predict(model, fn(model, x, y, threat, **extra)) == y
-                robust[name] += int(ok_a.sum())
-                all_ok &= ok_a
-            worst += int(all_ok.sum())
-            if source is not None:
-                x_tr = transfer_examples(source, x, y, threat, **extra)
-                transfer += int((predict(model, x_tr) == y).sum())
-            total += len(y)
-    frac = (lambda c: c / total) if total else (lambda c: 0.0)
-    return EvalResult(clean=frac(clean), robust={k: frac(v) for k, v in robust.items()}, worst=frac(worst),
-                      transfer=None if source is None else frac(transfer), n=total)

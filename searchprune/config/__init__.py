@@ -16,7 +16,6 @@ Units: ``eps``/``alpha`` are on the [0, 1] pixel scale; ``macs`` are multiply-ad
 from __future__ import annotations
 
 from ._build import build, load_yaml, to_dict
-from ._flat import strip_tag, trial_params_from_flat
 from .core import (
     DataConfig,
     EvalConfig,
@@ -42,5 +41,5 @@ __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
     "EvalConfig", "ParamSpec", "SamplerConfig", "GateConfig", "ConstraintConfig", "TrialDefaults",
     "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml",
-    "strip_tag", "build", "to_dict", "load_study_config", "trial_params_from_flat",
+    "build", "to_dict", "load_study_config",
 ]

@@ -2,7 +2,7 @@
 w.r.t. the prunable weights, and adversarial batches from the study's threat model.
 
 Gradients are taken with ``torch.autograd.grad`` w.r.t. each layer's underlying weight tensor
-(:func:`~._base.weight_param`), so the model's ``.grad`` fields are never touched.
+(:func:`~.masks.weight_param`), so the model's ``.grad`` fields are never touched.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import attacks  # attacks.pgd looked up per call, so a test can patch it
 from ..errors import ConfigError
-from ._base import PruneContext, weight_param
+from .context import PruneContext
+from .masks import weight_param
 
-__all__ = ["module_mode", "frozen_bn_stats", "weight_grads", "adversarial_batch", "check_positive_int"]
+__all__ = ["module_mode", "frozen_bn_stats", "weight_grads", "adversarial_batch"]
 
 
 @contextlib.contextmanager
@@ -87,30 +89,14 @@ def adversarial_batch(
     Raises:
         ConfigError: no threat model was given.
     """
-    from ..attacks import pgd
-
     if ctx.threat is None:
         raise ConfigError(f"prune.method {method!r} scores weights on adversarial examples: pass threat=")
     t = ctx.threat
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return pgd(
+    return attacks.pgd(
         ctx.model, x, y,
         eps=float(o.get("eps", t.eps)), alpha=float(o.get("alpha", t.alpha)),
         steps=int(o.get("steps", t.steps)),
         norm=t.norm, random_start=t.random_start if random_start is None else random_start, restarts=1,
         clamp=t.clamp, y_from_model=y_from_model, early_stop=False,
     )
-
-
-def check_positive_int(method: str, key: str, value: Any, *, allow_none: bool = False) -> int | None:
-    """Validates an integer option (``n_batches``, ``n_samples``).
-
-    Raises:
-        ConfigError: not a positive integer (or None when allowed).
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "a positive integer or null" if allow_none else "a positive integer"
-        raise ConfigError(f"prune.options.{key}: method {method!r} expected {expected}, got {value!r}")
-    return value

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from ._base import PruneContext, PruningMethod, effective_weight, register_method
-from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
+from ._gradients import adversarial_batch, frozen_bn_stats, module_mode, weight_grads
+from .context import PruneContext
+from .masks import effective_weight
+from .method import PruningMethod, register_method
+from .options import boolean, integer, number, one_of, positive_int
 
 __all__ = ["GreedyAdversarialPruning", "map_zeros", "adversarial_gradients"]
 
@@ -101,13 +103,11 @@ class GreedyAdversarialPruning(PruningMethod):
     needs_threat = True
     default_options = {"variant": "signed", "n_batches": None, "eps": None, "alpha": None, "steps": None,
                        "random_start": True, "update_bn_stats": True, "seed": None}
-
-    def __init__(self, options=None) -> None:
-        super().__init__(options)
-        if self.options["variant"] not in VARIANTS:
-            raise ConfigError(f"prune.options.variant: method 'gap' expected one of: {', '.join(VARIANTS)}, "
-                              f"got {self.options['variant']!r}")
-        check_positive_int(self.name, "n_batches", self.options["n_batches"], allow_none=True)
+    option_checks = {"variant": one_of(*VARIANTS), "n_batches": positive_int(allow_none=True),
+                     "eps": number(low=0, low_open=True, allow_none=True),
+                     "alpha": number(low=0, low_open=True, allow_none=True),
+                     "steps": positive_int(allow_none=True), "random_start": boolean(),
+                     "update_bn_stats": boolean(), "seed": integer(allow_none=True)}
 
     def importance(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """The reference's importance (prune the largest), before ``map_zeros``."""

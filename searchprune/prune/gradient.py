@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, effective_weight, register_method
-from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
+from ._gradients import adversarial_batch, frozen_bn_stats, module_mode, weight_grads
+from .context import PruneContext
+from .masks import effective_weight
+from .method import PruningMethod, register_method
+from .options import boolean, positive_int
 
 __all__ = ["MagGrad"]
 
@@ -30,9 +33,10 @@ class MagGrad(PruningMethod):
 
     needs_data = True
     default_options = {"n_batches": 1, "adversarial": False, "update_bn_stats": True}
+    option_checks = {"n_batches": positive_int(), "adversarial": boolean(), "update_bn_stats": boolean()}
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
-        n = check_positive_int(self.name, "n_batches", self.options["n_batches"])
+        n = int(self.options["n_batches"])
         total: dict[str, torch.Tensor] = {}
         used = 0
         with module_mode(ctx.model, train=True):

@@ -13,8 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._base import PruneContext, PruningMethod, effective_weight, register_method, weight_param
-from ._gradients import adversarial_batch, check_positive_int, module_mode
+from ._gradients import adversarial_batch, module_mode
+from .context import PruneContext
+from .masks import effective_weight, weight_param
+from .method import PruningMethod, register_method
+from .options import boolean, positive_int
 
 __all__ = ["Hessian"]
 
@@ -30,10 +33,10 @@ class Hessian(PruningMethod):
 
     needs_data = True
     default_options = {"n_samples": 64, "adversarial": False}
+    option_checks = {"n_samples": positive_int(), "adversarial": boolean()}
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
-        n = check_positive_int(self.name, "n_samples", self.options["n_samples"])
-        assert n is not None
+        n = int(self.options["n_samples"])
         params = [weight_param(m) for m in ctx.layers.values()]
         sq = [torch.zeros_like(p) for p in params]
         seen = 0

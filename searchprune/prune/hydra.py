@@ -32,19 +32,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._torch import count_params
+from ..config import TrainConfig
 from ..errors import ConfigError
-from ._base import (
-    MaskParametrization,
-    PruneContext,
-    PruneReport,
-    PruningMethod,
-    apply_mask_,
-    build_report,
-    count_params,
-    get_mask,
-    register_method,
-    weight_param,
-)
+from ..train import train_
+from .allocation import allocate, has_ratios, layer_ratios
+from .context import PruneContext, PruneReport, build_report
+from .masks import MaskParametrization, apply_mask_, get_mask, weight_param
+from .method import PruningMethod, register_method
+from .options import boolean, number, positive_int, string
 
 __all__ = ["GetSubnet", "PopupScores", "Hydra", "n_pruned", "scaled_score_init", "attach_scores_",
            "score_parameters", "freeze_scores_", "hydra_train_config", "hydra_prune_phase_"]
@@ -222,8 +218,6 @@ def hydra_train_config(base: Any, options: Mapping[str, Any]) -> Any:
     or the defaults) with HYDRA's prune-phase settings from ``options`` on top: ``recipe``,
     ``prune_epochs``, ``prune_lr``, ``prune_schedule``, ``prune_weight_decay``, SGD with momentum
     0.9, and ``trades_beta`` / ``max_batches`` when given."""
-    from ..config import TrainConfig
-
     base = base if base is not None else TrainConfig()
     changes: dict[str, Any] = dict(
         recipe=options["recipe"], epochs=float(options["prune_epochs"]), lr=float(options["prune_lr"]),
@@ -247,8 +241,6 @@ def hydra_prune_phase_(model: nn.Module, layers: Mapping[str, nn.Module], loader
     Returns:
         ``train_``'s per-epoch history.
     """
-    from ..train import train_
-
     params = score_parameters(layers)
     if not params:
         raise ValueError("hydra_prune_phase_: no layer carries popup scores; call attach_scores_ first")
@@ -286,6 +278,11 @@ class Hydra(PruningMethod):
         "prune_epochs": 20, "prune_lr": 0.1, "prune_schedule": "cosine", "prune_weight_decay": 1e-4,
         "recipe": "trades", "trades_beta": None, "max_batches": None, "freeze_bn": False,
     }
+    option_checks = {
+        "prune_epochs": number(low=0), "prune_lr": number(low=0, low_open=True), "prune_schedule": string(),
+        "prune_weight_decay": number(low=0), "recipe": string(), "trades_beta": number(low=0, allow_none=True),
+        "max_batches": positive_int(allow_none=True), "freeze_bn": boolean(),
+    }
 
     def layer_counts(self, ctx: PruneContext) -> dict[str, int]:
         """Entries pruned per layer under the configured allocation."""
@@ -294,13 +291,10 @@ class Hydra(PruningMethod):
         if alloc in ("learned", "uniform"):
             assert ctx.sparsity is not None
             return {n: n_pruned(k, ctx.sparsity) for n, k in numel.items()}
-        if alloc in ("per_layer", "mrs"):
-            from ._allocation import layer_ratios
-
+        if has_ratios(alloc):
             ratios = layer_ratios(ctx)
             return {n: n_pruned(k, ratios[n]) for n, k in numel.items()}
-        from ._allocation import allocate  # global: one magnitude threshold fixes each layer's count
-
+        # global: one magnitude threshold fixes each layer's count
         keep = allocate({n: _weight(m).detach().abs() for n, m in ctx.layers.items()},
                         allocation="global", sparsity=ctx.sparsity)
         return {n: int((~k).sum()) for n, k in keep.items()}

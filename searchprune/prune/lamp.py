@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
+from .context import PruneContext
+from .masks import effective_weight
+from .method import PruningMethod, register_method
+from .units import reduce_to_units
 
 __all__ = ["LAMP", "lamp_scores"]
 

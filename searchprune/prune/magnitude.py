@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, effective_weight, register_method
+from .context import PruneContext
+from .masks import effective_weight
+from .method import PruningMethod, register_method
 
 __all__ = ["Magnitude"]
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
+from .context import PruneContext
+from .masks import effective_weight
+from .method import PruningMethod, register_method
+from .options import integer
+from .units import reduce_to_units
 
 __all__ = ["RandomPruning"]
 
@@ -26,14 +29,12 @@ class RandomPruning(PruningMethod):
     """
 
     default_options = {"seed": None}
+    option_checks = {"seed": integer(allow_none=True)}
 
     def _generator(self) -> torch.Generator:
         seed = self.options["seed"]
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        elif isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"prune.options.seed: method 'random' expected an integer or null, "
-                              f"got {seed!r}")
         return torch.Generator().manual_seed(seed)
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PruneContext, PruningMethod, effective_weight, reduce_to_units, register_method
-from ._gradients import adversarial_batch, check_positive_int, frozen_bn_stats, module_mode, weight_grads
+from ._gradients import adversarial_batch, frozen_bn_stats, module_mode, weight_grads
+from .context import PruneContext
+from .masks import effective_weight
+from .method import PruningMethod, register_method
+from .options import boolean, positive_int
+from .units import reduce_to_units
 
 __all__ = ["Taylor"]
 
@@ -34,12 +38,13 @@ class Taylor(PruningMethod):
 
     needs_data = True
     default_options = {"n_batches": 4, "adversarial": False}
+    option_checks = {"n_batches": positive_int(), "adversarial": boolean()}
 
     def scores(self, ctx: PruneContext) -> dict[str, torch.Tensor]:
         return self.unit_scores(ctx, "weight")
 
     def unit_scores(self, ctx: PruneContext, granularity: str) -> dict[str, torch.Tensor]:
-        n = check_positive_int(self.name, "n_batches", self.options["n_batches"])
+        n = int(self.options["n_batches"])
         acc: dict[str, torch.Tensor] = {}
         used = 0
         with frozen_bn_stats(ctx.model), module_mode(ctx.model, train=True):

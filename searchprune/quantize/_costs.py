@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models.macs import layer_costs
 from ._api import _act_quant_bypassed, _parametrizations, _weight, _weight_quantizer, quantizable_layers
 
 __all__ = ["count_bitops", "model_size_bytes", "FLOAT_BITS"]
@@ -18,7 +19,7 @@ FLOAT_BITS = 32  # what an unquantized weight, activation or other tensor costs 
 def count_bitops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Bit operations per image: sum over conv / linear layers of MACs x weight bits x input bits.
 
-    MACs are the *effective* MACs of :func:`searchprune.macs.layer_costs` (nonzero weights x
+    MACs are the *effective* MACs of :func:`searchprune.models.macs.layer_costs` (nonzero weights x
     output positions). A layer without a weight quantizer counts 32 weight bits, one without an
     activation quantizer 32 input bits, so a float model costs ``32 * 32 * MACs``.
 
@@ -26,8 +27,6 @@ def count_bitops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model: any model; quantized layers carry ``weight_bits`` / ``act_bits`` (see ``quantize_``).
         input_shape: one image's shape, e.g. ``(1, 28, 28)``.
     """
-    from ..macs import layer_costs
-
     with _act_quant_bypassed(model):  # the counting pass needs shapes only, not calibrated ranges
         costs = layer_costs(model, input_shape)
     modules = dict(model.named_modules())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from searchprune.attacks import (
     EvalResult,
     accuracy,
+    accuracy_on_batches,
     evaluate,
     fgsm,
     pgd,
@@ -154,3 +157,22 @@ def test_evaluate_in_bf16_agrees_with_fp32(net: nn.Module, batches) -> None:
     assert abs(bf16.transfer - fp32.transfer) <= 0.03
     with pytest.raises(ConfigError, match="precision"):
         evaluate(net, batches, THREAT, precision="fp16")  # type: ignore[arg-type]
+
+
+def test_accuracy_on_batches_scores_batches_as_given(net: nn.Module, batches) -> None:
+    assert accuracy_on_batches(net, batches) == accuracy(net, batches)
+    assert accuracy_on_batches(net, []) == 0.0
+    crafted = [(transfer_examples(net, x, y, THREAT), y) for x, y in batches]
+    assert accuracy_on_batches(net, crafted) == transfer_accuracy(net, net, batches, THREAT)
+    model = _toy_net(0).train()
+    accuracy_on_batches(model, batches)
+    assert all(m.training for m in model.modules())
+
+
+def test_base_imports_no_attack_or_evaluation_module() -> None:
+    """The registry and geometry sit below every attack: no cycle through transfer/pgd/evaluate."""
+    import searchprune.attacks._base as base
+
+    tree = ast.parse(Path(base.__file__).read_text())
+    local = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert local == set(), local

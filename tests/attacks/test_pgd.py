@@ -12,8 +12,11 @@ from _toys import Constant, Detached, toy_data, toy_net
 from torch import nn
 
 from searchprune.attacks import fgsm, get_attack, list_attacks, pgd, project, random_start
-from searchprune.config import ThreatModel
+from searchprune.config import ThreatModel, TrainConfig
+from searchprune.data import BatchLoader, make_synthetic
 from searchprune.errors import ConfigError
+from searchprune.models import create_model
+from searchprune.train import train_
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -268,16 +271,11 @@ def test_runs_where_the_inputs_are(net: nn.Module, device: str) -> None:
 @pytest.mark.slow
 def test_bf16_matches_fp32_on_a_trained_cnn8() -> None:
     """The project's own model, briefly trained: PGD robust accuracy in fp32 vs bf16."""
-    data = pytest.importorskip("searchprune.data")
-    models = pytest.importorskip("searchprune.models")
-    from searchprune.config import TrainConfig
-    from searchprune.train import train_
-
-    train, test, info = data.make_synthetic(num_train=1024, num_test=256, in_channels=1, image_size=(28, 28))
-    model = models.create_model("cnn8", num_classes=info.num_classes, in_channels=1, image_size=(28, 28),
+    train, test, info = make_synthetic(num_train=1024, num_test=256, in_channels=1, image_size=(28, 28))
+    model = create_model("cnn8", num_classes=info.num_classes, in_channels=1, image_size=(28, 28),
                                 mean=info.mean, std=info.std)
     cfg = TrainConfig(epochs=2, lr=2e-3, optimizer="adam", weight_decay=0.0)
-    train_(model, data.BatchLoader(train, 128, shuffle=True), cfg, threat=ThreatModel())
+    train_(model, BatchLoader(train, 128, shuffle=True), cfg, threat=ThreatModel())
     x, y = test.images.float() / 255, test.labels
     model.eval()
     for early_stop in (False, True):

@@ -9,17 +9,13 @@ from searchprune.config import (
     PruneConfig,
     StudyConfig,
     ThreatModel,
-    TrainConfig,
-    TrialDefaults,
     build,
     load_study_config,
     load_yaml,
     to_dict,
-    trial_params_from_flat,
 )
 from searchprune.errors import ConfigError
-from searchprune.space import validate_space
-from searchprune.study import baseline_trials, validate_names
+from searchprune.search import baseline_trials, validate_names, validate_space
 
 
 @pytest.mark.parametrize(
@@ -72,21 +68,6 @@ def test_space_shorthand_and_int_inference():
     assert s["finetune.epochs"].type == "int"
     assert s["finetune.epochs"].when == {"finetune.recipe": ("fast",)}
     assert s["quant.weight_bits"].type == "fixed" and s["quant.weight_bits"].value == 8
-
-
-def test_flat_params_merge_into_defaults():
-    d = TrialDefaults()
-    p = trial_params_from_flat(d, {"prune.sparsity": 0.8, "prune.options.n_batches": 3,
-                                   "finetune.recipe": "fast", "quant.mode": "ptq"}, seed=7)
-    assert p.prune.sparsity == 0.8 and p.prune.options == {"n_batches": 3}
-    assert p.finetune == TrainConfig(recipe="fast") and p.quant.mode == "ptq" and p.seed == 7
-    assert trial_params_from_flat(d, {"finetune.recipe": "none"}).finetune is None
-    # layer names contain dots: only the prefix is split
-    p = trial_params_from_flat(d, {"prune.allocation": "per_layer", "prune.layer_sparsity.features.0": 0.3,
-                                   "prune.layer_sparsity.fc.1": 0.6})
-    assert p.prune.layer_sparsity == {"features.0": 0.3, "fc.1": 0.6} and p.prune.sparsity is None
-    with pytest.raises(ConfigError, match="prune.sparsity"):
-        trial_params_from_flat(d, {"prune.sparsity": 1.5})
 
 
 def test_threat_model_defaults_are_adver_fine():

@@ -16,21 +16,27 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from searchprune._torch import count_params
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
+from searchprune.data import ArrayDataset, BatchLoader
 from searchprune.errors import ConfigError
+from searchprune.models import macs
 from searchprune.prune import (
+    GRANULARITIES,
     Mask,
     PruningMethod,
     fold_masks_,
     get_method,
     layer_sparsity,
+    list_allocations,
     list_methods,
     load_pruned_state_dict_,
     prunable_layers,
     prune_,
     register_method,
+    weight_param,
 )
-from searchprune.prune._base import METHODS, count_params, weight_param
+from searchprune.prune.method import METHODS
 
 INPUT = (3, 8, 8)
 THREAT = ThreatModel(eps=0.03, alpha=0.01, steps=2)
@@ -63,8 +69,6 @@ def _loader(n: int = 2, batch: int = 8, seed: int = 1) -> list[tuple[torch.Tenso
 
 def _train_loader():
     """A real BatchLoader for methods that train (HYDRA, in-train pruning)."""
-    from searchprune.data import ArrayDataset, BatchLoader
-
     g = torch.Generator().manual_seed(2)
     ds = ArrayDataset(torch.randint(0, 256, (16, *INPUT), generator=g, dtype=torch.uint8),
                       torch.randint(0, 10, (16,), generator=g))
@@ -93,16 +97,9 @@ def _method_layers(name: str, model: nn.Module, **kw) -> dict[str, nn.Module]:
 
 
 def _prune(model: nn.Module, cfg: PruneConfig):
-    if cfg.allocation == "mrs":
-        pytest.importorskip("searchprune.prune.mrs", reason="mrs allocation: prune/mrs.py missing")
     loader = _train_loader() if _needs_training(cfg.method) else _loader()
-    try:
-        return prune_(model, cfg, input_shape=INPUT, loader=loader, threat=THREAT,
-                      train_cfg=TrainConfig(epochs=1, max_batches=1, batch_size=8))
-    except ModuleNotFoundError as e:  # a method whose dependency (e.g. searchprune.train) is not written yet
-        if e.name and e.name.startswith("searchprune"):
-            pytest.skip(f"{cfg.method}: {e.name} is not available yet")
-        raise
+    return prune_(model, cfg, input_shape=INPUT, loader=loader, threat=THREAT,
+                  train_cfg=TrainConfig(epochs=1, max_batches=1, batch_size=8))
 
 
 FULL_CASES = [(m, g, a) for m in list_methods() for g in get_method(m).granularities
@@ -153,7 +150,6 @@ def test_forward_shape_and_exact_sparsity(case: tuple[str, str, str]) -> None:
         assert report.sparsity == pytest.approx(zeros / sum(c for c, _ in layers_before.values()), abs=1e-9)
         tol = 0.005
     if get_method(name).target_unit == "macs":  # a cost target (in-train pruning): MACs removed
-        macs = pytest.importorskip("searchprune.macs", reason="searchprune.macs not written yet")
         dense_macs = macs.count_dense_macs(TinyNet(), INPUT)
         removed = 1 - macs.count_macs(model, INPUT) / dense_macs
         assert 0.5 - 1e-9 <= removed <= 0.5 + 0.05, removed  # never short of the target, about one unit over
@@ -206,7 +202,6 @@ def test_pruned_weights_stay_zero_under_sgd(case: tuple[str, str, str]) -> None:
 
 @pytest.mark.parametrize("case", PAIR_CASES, ids=_ids)
 def test_macs_fall_as_sparsity_rises(case: tuple[str, str, str]) -> None:
-    macs = pytest.importorskip("searchprune.macs", reason="searchprune.macs not written yet")
     name, gran, alloc = case
     torch.manual_seed(0)
     base = TinyNet()
@@ -256,16 +251,17 @@ def test_unknown_method_lists_methods() -> None:
 @pytest.mark.parametrize("name", list_methods())
 def test_unsupported_granularity_and_allocation(name: str) -> None:
     cls = get_method(name)
-    for gran in {"weight", "kernel", "channel"} - set(cls.granularities):
+    for gran in set(GRANULARITIES) - set(cls.granularities):
         with pytest.raises(ConfigError) as e:
             prune_(TinyNet(), PruneConfig(method=name, granularity=gran, allocation=cls.allocations[0]),
                    input_shape=INPUT, loader=_loader(), threat=THREAT)
         msg = str(e.value)
         assert name in msg and repr(gran) in msg and all(g in msg for g in cls.granularities)
-    for alloc in {"global", "uniform", "mrs", "learned"} - set(cls.allocations):
+    for alloc in set(list_allocations()) - set(cls.allocations):
+        per_layer = {"layer_sparsity": {"fc": 0.5}, "sparsity": None} if alloc == "per_layer" else {}
+        cfg = PruneConfig(method=name, granularity=cls.granularities[0], allocation=alloc, **per_layer)
         with pytest.raises(ConfigError) as e:
-            prune_(TinyNet(), PruneConfig(method=name, granularity=cls.granularities[0], allocation=alloc),
-                   input_shape=INPUT, loader=_loader(), threat=THREAT)
+            prune_(TinyNet(), cfg, input_shape=INPUT, loader=_loader(), threat=THREAT)
         msg = str(e.value)
         assert name in msg and repr(alloc) in msg and all(a in msg for a in cls.allocations)
 
@@ -294,7 +290,7 @@ def test_per_layer_unknown_layer_lists_valid_names() -> None:
 
 def test_compression_is_shrinkbench_whole_model_ratio() -> None:
     model = TinyNet()
-    total = count_params(model)
+    total = count_params(model, nonzero=False)
     report = prune_(model, PruneConfig(method="magnitude", sparsity=None, compression=2.0), input_shape=INPUT)
     removed = sum(int((m.weight == 0).sum()) for m in prunable_layers(model).values())
     assert total / (total - removed) == pytest.approx(2.0, rel=0.002)

@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
+from searchprune.data import ArrayDataset, BatchLoader
 from searchprune.errors import ConfigError
-from searchprune.prune import Mask, prunable_layers, prune_
-from searchprune.prune._base import weight_param
+from searchprune.prune import Mask, prunable_layers, prune_, weight_param
 from searchprune.prune.hydra import (
     GetSubnet,
     PopupScores,
@@ -43,8 +43,6 @@ def _net() -> nn.Module:
 
 
 def _loader():
-    from searchprune.data import ArrayDataset, BatchLoader
-
     g = torch.Generator().manual_seed(3)
     y = torch.randint(0, 4, (64,), generator=g)
     protos = torch.rand(4, *INPUT, generator=g)
@@ -173,7 +171,6 @@ def test_train_config_uses_hydra_prune_phase_settings() -> None:
 
 @pytest.mark.parametrize("freeze_bn", [False, True])
 def test_prune_phase_trains_only_scores(freeze_bn: bool) -> None:
-    pytest.importorskip("searchprune.train")
     torch.manual_seed(0)
     model = _net()
     layers = prunable_layers(model, include_classifier=True)
@@ -197,7 +194,6 @@ def test_prune_phase_trains_only_scores(freeze_bn: bool) -> None:
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_apply_exact_sparsity_and_mask_survives_finetuning(sparsity: float) -> None:
-    pytest.importorskip("searchprune.train")
     torch.manual_seed(0)
     model = _net()
     cfg = PruneConfig(method="hydra", allocation="learned", sparsity=sparsity, include_classifier=True,
@@ -225,7 +221,6 @@ def test_apply_exact_sparsity_and_mask_survives_finetuning(sparsity: float) -> N
 
 
 def test_classifier_follows_the_config() -> None:
-    pytest.importorskip("searchprune.train")
     model = _net()
     cfg = PruneConfig(method="hydra", allocation="uniform", sparsity=0.5,
                       options={"prune_epochs": 1, "max_batches": 1})

@@ -12,18 +12,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, ThreatModel, TrainConfig
+from searchprune.data import ArrayDataset, BatchLoader
 from searchprune.errors import ConfigError
-from searchprune.macs import count_dense_macs, count_macs, layer_costs
-from searchprune.prune import Mask, prunable_layers, prune_
-from searchprune.prune._base import weight_param
+from searchprune.models.macs import count_dense_macs, count_macs, layer_costs
+from searchprune.prune import Mask, prunable_layers, prune_, weight_param
 from searchprune.prune.in_train import (
     HardwareCost,
     HardwareLoss,
     InTrain,
-    _fit_to_target_,
     attach_channel_masks_,
     attach_layer_masks_,
     binarize,
+    fit_to_target_,
     remove_channels_,
 )
 
@@ -66,8 +66,6 @@ class _ResNetLet(nn.Module):
 
 def _loader(n: int = 256, batch: int = 32):
     """Random but learnable: each class is a fixed random pattern under heavy uniform noise."""
-    from searchprune.data import ArrayDataset, BatchLoader
-
     g = torch.Generator().manual_seed(4)
     protos = torch.rand(4, *INPUT, generator=g)
     y = torch.randint(0, 4, (n,), generator=g)
@@ -229,7 +227,7 @@ def test_fit_to_target_lands_within_one_unit(start_logit: float) -> None:
     def as_b(b):
         return dict(zip(names, b))
 
-    dropped, revived = _fit_to_target_(bins, logits, hc, 0.5, as_b)
+    dropped, revived = fit_to_target_(bins, logits, hc, 0.5, as_b)
     r = float(hc.ratio(as_b(bins)))
     assert r <= 0.5
     unit = max(hc.mult[n] for n in names) / hc.dense
@@ -253,7 +251,7 @@ def test_fit_after_a_collapse_revives_every_layer() -> None:
     def as_b(b):
         return dict(zip(names, b))
 
-    _fit_to_target_(bins, logits, hc, 0.5, as_b)
+    fit_to_target_(bins, logits, hc, 0.5, as_b)
     kept = [float(b.mean()) for b in bins]
     assert float(hc.ratio(as_b(bins))) <= 0.5
     assert min(kept) > 0.3 and max(kept) - min(kept) < 0.05, kept  # uniform fallback, no dead layer
@@ -272,7 +270,7 @@ def test_fit_keeps_the_learned_allocation_shape() -> None:
 
     before = [float(b.mean()) for b in bins]
     target = float(hc.ratio(as_b(bins))) - 0.1
-    _fit_to_target_(bins, logits, hc, target, as_b)
+    fit_to_target_(bins, logits, hc, target, as_b)
     after = [float(b.mean()) for b in bins]
     assert float(hc.ratio(as_b(bins))) <= target
     assert after[0] > after[1] + 0.4  # the trained allocation survives
@@ -300,7 +298,6 @@ def test_options_are_checked() -> None:
 
 @pytest.mark.parametrize("gran", ["weight", "kernel", "channel"])
 def test_short_run_meets_the_mac_target(gran: str) -> None:
-    pytest.importorskip("searchprune.train")
     torch.manual_seed(0)
     model = _net()
     dense = count_dense_macs(model, INPUT)
@@ -322,7 +319,6 @@ def test_short_run_meets_the_mac_target(gran: str) -> None:
 
 def test_paper_raw_binarization_still_meets_the_target() -> None:
     """A fixed weight (the paper's b), no fitting: the hinge alone pushes the cost under the target."""
-    pytest.importorskip("searchprune.train")
     torch.manual_seed(0)
     model = _net()
     dense = count_dense_macs(model, INPUT)

@@ -9,10 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchprune import attacks
+from searchprune.attacks import pgd
 from searchprune.config import PruneConfig, ThreatModel
 from searchprune.prune import PruneContext, get_mask, prunable_layers, prune_
 from searchprune.prune.gap import adversarial_gradients, map_zeros
+from searchprune.prune.gradient import MagGrad
+from searchprune.prune.hessian import Hessian
 from searchprune.prune.lamp import lamp_scores
+from searchprune.prune.taylor import Taylor
 
 INPUT = (3, 8, 8)
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=3, random_start=False)
@@ -64,8 +69,6 @@ def _one_thread() -> None:
 
 def _hand_gap_gradient(model: nn.Module, loader) -> dict[str, torch.Tensor]:
     """G = sum over batches of grad_w mean CE(model(PGD(x, labels = predictions)), y), BN in train mode."""
-    from searchprune.attacks import pgd
-
     model = copy.deepcopy(model)
     layers = prunable_layers(model)
     G = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
@@ -87,7 +90,6 @@ def _gap_cfg(sparsity: float, **options) -> PruneConfig:
 
 
 def test_gap_prunes_the_largest_signed_adversarial_gradients() -> None:
-    pytest.importorskip("searchprune.attacks")
     torch.manual_seed(0)
     base, loader = Net(), _loader()
     G = _hand_gap_gradient(base, loader)
@@ -103,7 +105,6 @@ def test_gap_prunes_the_largest_signed_adversarial_gradients() -> None:
 
 
 def test_gap_layerwise_abs_variant_differs_from_signed() -> None:
-    pytest.importorskip("searchprune.attacks")
     torch.manual_seed(0)
     base, loader = Net(), _loader()
     G = _hand_gap_gradient(base, loader)
@@ -123,7 +124,6 @@ def test_gap_layerwise_abs_variant_differs_from_signed() -> None:
 
 
 def test_gap_attacks_model_predictions_with_bn_in_train_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    attacks = pytest.importorskip("searchprune.attacks")
     calls: list[dict] = []
     real_pgd = attacks.pgd
 
@@ -152,7 +152,6 @@ def test_gap_attacks_model_predictions_with_bn_in_train_mode(monkeypatch: pytest
 
 
 def test_gap_gradient_is_a_signed_sum_over_batches() -> None:
-    pytest.importorskip("searchprune.attacks")
     torch.manual_seed(0)
     model = Net()
     b1, b2 = _loader(n=2)
@@ -240,8 +239,6 @@ def test_gradient_is_abs_weight_times_gradient_in_train_mode() -> None:
     ref = copy.deepcopy(model).train()
     F.cross_entropy(ref(loader[0][0]), loader[0][1]).backward()
     expected = {n: (m.weight * m.weight.grad).abs() for n, m in prunable_layers(ref).items()}
-    from searchprune.prune.gradient import MagGrad
-
     stats = model.bn1.running_mean.clone()
     got = MagGrad({"update_bn_stats": False}).scores(_ctx(model, loader))
     for n in expected:
@@ -259,8 +256,6 @@ def test_taylor_squares_the_unit_sum_per_batch() -> None:
         ref = copy.deepcopy(model).train()
         F.cross_entropy(ref(x), y).backward()
         wg_per_batch.append({n: m.weight * m.weight.grad for n, m in prunable_layers(ref).items()})
-    from searchprune.prune.taylor import Taylor
-
     stats = model.bn1.running_mean.clone()
     ctx = _ctx(model, loader)
     chan = Taylor({"n_batches": 2}).unit_scores(ctx, "channel")
@@ -287,8 +282,6 @@ def test_hessian_uses_per_sample_squared_gradients() -> None:
         for n, m in layers.items():
             sq[n] += m.weight.grad ** 2 / len(x)
             batch_grad[n] += m.weight.grad / len(x)
-    from searchprune.prune.hessian import Hessian
-
     got = Hessian({"n_samples": 6}).scores(_ctx(model, loader))
     for n, m in layers.items():
         torch.testing.assert_close(got[n], m.weight.detach() ** 2 * sq[n])
@@ -297,8 +290,6 @@ def test_hessian_uses_per_sample_squared_gradients() -> None:
 
 
 def test_hessian_caps_samples() -> None:
-    from searchprune.prune.hessian import Hessian
-
     method = Hessian({"n_samples": 5})
     method.scores(_ctx(Net(), _loader(n=3, batch=4)))
     assert method.extra_report()["samples"] == 5

@@ -11,7 +11,7 @@ from torch import nn
 
 from searchprune.config import PruneConfig, ThreatModel
 from searchprune.errors import ConfigError
-from searchprune.prune.mrs import mrs_ratios, mrs_ratios_for, mrs_scores
+from searchprune.prune.allocation.mrs import mrs_ratios, mrs_ratios_for, mrs_scores
 
 THREAT = ThreatModel(eps=0.1, alpha=0.03, steps=3)
 

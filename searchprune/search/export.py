@@ -1,0 +1,279 @@
+"""Pick a trial from the feasible Pareto set by a stated rule, and export it with provenance.
+
+A multi-objective study has no single best trial, so export takes a rule::
+
+    max robust_acc where macs <= 5e6 and clean_acc >= 0.85
+    min macs where robust_acc >= 0.7
+
+``(max|min) METRIC [where METRIC OP NUMBER (and METRIC OP NUMBER)*]`` with OP one of
+``<= >= < > ==``. Metrics are the objectives (``clean_acc``, ``robust_acc``) and every numeric
+user attribute a trial stored (``pgd_acc``, ``macs``, ``bitops``, ``params``, ``size_bytes``,
+``transfer_acc``, ``sparsity``, ``mac_ratio``, ...).
+
+An export directory holds:
+
+- ``model.pt``: a searchprune checkpoint (``searchprune.load(DIR)`` rebuilds it, structurally
+  pruned and quantized models included);
+- ``model_plain.pt2`` (``torch.export``; load with ``torch.export.load(p).module()``), or
+  ``model_plain.ts`` (TorchScript) when torch.export cannot trace the model: plain PyTorch,
+  no searchprune needed;
+- ``model.onnx`` when the ``onnx`` package is installed;
+- ``metadata.json``: study, trial, params, threat model, data config, seeds, versions, the
+  trial's validation metrics, and the test metrics export measured with the strong ensemble.
+
+Export re-evaluates the model on the same validation images the trial used and fails loudly when
+clean or PGD accuracy differ beyond noise; then it measures the test split.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import operator
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+from .._torch import get_device, seed_everything
+from ..attacks import evaluate
+from ..checkpoint import load_checkpoint, versions
+from ..config import DataConfig, ThreatModel, build, to_dict
+from ..data import BatchLoader, make_splits
+from ..errors import ConfigError
+from .study import stored_config
+
+__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
+}
+_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+class ExportMismatch(RuntimeError):
+    """The exported model does not reproduce the trial's metrics."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``sense`` ("max"/"min") of ``metric`` among trials satisfying every condition."""
+
+    sense: str
+    metric: str
+    conditions: tuple[tuple[str, str, float], ...] = ()
+
+    def __str__(self) -> str:
+        conds = " and ".join(f"{m} {op} {v:g}" for m, op, v in self.conditions)
+        return f"{self.sense} {self.metric}" + (f" where {conds}" if conds else "")
+
+
+def parse_rule(text: str) -> Rule:
+    """Parses ``"max robust_acc where macs <= 5e6 and clean_acc >= 0.85"``.
+
+    Raises:
+        ConfigError: naming the part of the rule that does not parse.
+    """
+    head, _, tail = text.strip().partition(" where ")
+    parts = head.split()
+    if len(parts) != 2 or parts[0] not in ("max", "min"):
+        raise ConfigError(f"rule {text!r}: expected it to start with 'max METRIC' or 'min METRIC', got {head!r}")
+    conds = []
+    if tail.strip():
+        for piece in re.split(r"\s+and\s+", tail.strip()):
+            m = _COND.match(piece)
+            if m is None:
+                raise ConfigError(f"rule {text!r}: condition {piece!r} is not 'METRIC OP NUMBER' "
+                                  f"with OP one of {', '.join(_OPS)}")
+            try:
+                value = float(m.group(3))
+            except ValueError:
+                raise ConfigError(f"rule {text!r}: {m.group(3)!r} is not a number") from None
+            conds.append((m.group(1), m.group(2), value))
+    elif " where" in text or text.strip().endswith("where"):
+        raise ConfigError(f"rule {text!r}: 'where' needs at least one condition")
+    return Rule(parts[0], parts[1], tuple(conds))
+
+
+def trial_metric(trial: optuna.trial.FrozenTrial, name: str, metric_names: list[str] | None) -> float | None:
+    """An objective (by metric name) or a numeric user attribute of a trial."""
+    names = metric_names or []
+    if name in names and trial.values is not None:
+        return float(trial.values[names.index(name)])
+    v = trial.user_attrs.get(name)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def select_trial(study: optuna.Study, rule: Rule) -> optuna.trial.FrozenTrial:
+    """The trial of the feasible Pareto set (``study.best_trials``) that the rule picks.
+
+    Raises:
+        ConfigError: a metric no trial has, or no Pareto trial satisfies the conditions.
+    """
+    names = study.metric_names
+    pareto = study.best_trials
+    if not pareto:
+        raise ConfigError(f"study {study.study_name!r} has no completed feasible trials to export")
+    known = set(names or []) | {k for t in pareto for k, v in t.user_attrs.items() if isinstance(v, int | float)}
+    for m in [rule.metric, *(c[0] for c in rule.conditions)]:
+        if m not in known:
+            raise ConfigError(f"rule {str(rule)!r}: unknown metric {m!r}; expected one of: {', '.join(sorted(known))}")
+    ok = []
+    for t in pareto:
+        vals = [trial_metric(t, m, names) for m, _, _ in rule.conditions]
+        if all(v is not None and _OPS[op](v, ref) for v, (_, op, ref) in zip(vals, rule.conditions)):
+            if trial_metric(t, rule.metric, names) is not None:
+                ok.append(t)
+    if not ok:
+        raise ConfigError(f"rule {str(rule)!r}: none of the {len(pareto)} Pareto trials satisfies the conditions")
+    def key(t: optuna.trial.FrozenTrial) -> float:
+        value = trial_metric(t, rule.metric, names)
+        assert value is not None  # trials without the metric were filtered out above
+        return value
+
+    return max(ok, key=key) if rule.sense == "max" else min(ok, key=key)
+
+
+def _tolerance(p: float, n: int) -> float:
+    """Allowed difference between two measurements of an accuracy p on n images."""
+    return 3.0 * math.sqrt(max(p * (1 - p), 1e-4) / max(n, 1)) + 0.005
+
+
+def _fetch_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial, dest: Path) -> Path:
+    local = trial.user_attrs.get("checkpoint")
+    if local and Path(local).is_file():
+        shutil.copyfile(local, dest)
+        return dest
+    art_id = trial.user_attrs.get("artifact_checkpoint")
+    art_dir = study.user_attrs.get("artifact_dir")
+    if art_id and art_dir and Path(art_dir).is_dir():
+        download_artifact(artifact_store=FileSystemArtifactStore(art_dir), file_path=str(dest), artifact_id=art_id)
+        return dest
+    raise ConfigError(f"trial {trial.number} has no checkpoint here: not at {local!r} and no artifact in "
+                      f"{art_dir!r}; pass the artifact directory of the machine that ran it")
+
+
+def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> dict[str, str]:
+    """Plain-PyTorch (and ONNX when available) copies of the model; returns what was written."""
+    written: dict[str, str] = {}
+    model = model.eval()
+    try:
+        ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))  # any batch
+        torch.export.save(ep, out / "model_plain.pt2")
+        written["torch_export"] = "model_plain.pt2"
+    except Exception as e:  # noqa: BLE001 - fall back to TorchScript for untraceable models
+        warnings.warn(f"torch.export failed ({type(e).__name__}: {e}); writing TorchScript instead", stacklevel=2)
+        traced = torch.jit.trace(model, example)
+        traced.save(str(out / "model_plain.ts"))
+        written["torchscript"] = "model_plain.ts"
+    if importlib.util.find_spec("onnx") is None:  # an optional extra
+        written["onnx"] = "skipped: the onnx package is not installed"
+    else:
+        try:
+            # The TorchScript-based exporter: the torch.export-based one needs onnxscript, which the
+            # `onnx` extra does not pull in; its deprecation notice is not the user's business.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                        category=DeprecationWarning)
+                torch.onnx.export(model, (example,), str(out / "model.onnx"), dynamo=False,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            written["onnx"] = "model.onnx"
+        except Exception as e:  # noqa: BLE001
+            written["onnx"] = f"failed: {type(e).__name__}: {e}"
+    return written
+
+
+def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
+                 device: str | None = None, rule: Rule | None = None, verify: bool = True) -> dict[str, Any]:
+    """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
+
+    Raises:
+        ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
+    """
+    cfg = stored_config(study)
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: nothing to export")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = _fetch_checkpoint(study, trial, out / "model.pt")
+    model, meta = load_checkpoint(ckpt)
+    dev = get_device(device)
+    model = model.to(dev).eval()
+    splits = make_splits(cfg.data)
+    ua = trial.user_attrs
+
+    # 1. Same validation images, same threat model: the trial's numbers must come back.
+    seed_everything(int(ua.get("seed", 0)))
+    val = evaluate(model, BatchLoader(splits.val, cfg.data.eval_batch_size, device=dev, max_images=cfg.eval.n_eval),
+                   cfg.threat, attacks=("pgd",))
+    checks = {}
+    for name, got in (("clean_acc", val.clean), ("pgd_acc", val.robust["pgd"])):
+        want = float(ua.get(name, float("nan")))
+        tol = _tolerance(want, val.n)
+        checks[name] = {"trial": want, "export": got, "tolerance": tol}
+        if verify and not abs(got - want) <= tol:
+            raise ExportMismatch(f"trial {trial.number}: re-evaluated {name} {got:.4f} differs from the trial's "
+                                 f"{want:.4f} by more than {tol:.4f} on {val.n} validation images")
+
+    # 2. The test split, with the strong ensemble.
+    test_loader = BatchLoader(splits.test, cfg.data.eval_batch_size, device=dev)
+    test = evaluate(model, test_loader, cfg.threat, attacks=tuple(dict.fromkeys(("pgd", *cfg.eval.export_attacks))))
+    test_metrics = {"clean_acc": test.clean, "worst_acc": test.worst, "n": test.n,
+                    **{f"acc_{k}": v for k, v in test.robust.items()}}
+
+    example = next(iter(BatchLoader(splits.test, 2, device=torch.device("cpu"))))[0]
+    plain = _write_plain(model.cpu(), example, out)
+    metadata = {
+        "study": study.study_name, "trial": trial.number, "rule": str(rule) if rule else None,
+        "params": trial.params, "seed": ua.get("seed"), "values": trial.values,
+        "metric_names": study.metric_names,
+        "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
+        "verification": checks, "test_metrics": test_metrics,
+        "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
+        "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
+        "quant": meta.get("quant"), "finetune": meta.get("finetune"), "files": {"checkpoint": "model.pt", **plain},
+        "versions": versions(),
+    }
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+    return metadata
+
+
+def load(path: str | Path) -> torch.nn.Module:
+    """Rebuilds an exported (or any searchprune) model from a directory or checkpoint file."""
+    p = Path(path)
+    model, _ = load_checkpoint(p / "model.pt" if p.is_dir() else p)
+    return model
+
+
+def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
+                    data_dir: str | None = None) -> dict[str, Any]:
+    """Re-measures an export directory on its test split; returns measured and recorded metrics."""
+    p = Path(path)
+    meta_path = p / "metadata.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{str(p)!r} is not an export directory: {str(meta_path)!r} is missing")
+    meta: Mapping[str, Any] = json.loads(meta_path.read_text())
+    data = dict(meta["data"])
+    if data_dir is not None:
+        data["data_dir"] = data_dir
+    dev = get_device(device)
+    model = load(p).to(dev).eval()
+    splits = make_splits(build(DataConfig, data, "data"))
+    threat = build(ThreatModel, meta["threat"], "threat")
+    atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
+    res = evaluate(model, BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev), threat,
+                   attacks=atk)
+    measured = {"clean_acc": res.clean, "worst_acc": res.worst, "n": res.n,
+                **{f"acc_{k}": v for k, v in res.robust.items()}}
+    return {"measured": measured, "recorded": meta.get("test_metrics", {}), "threat": meta["threat"]}

@@ -1,0 +1,195 @@
+"""The Optuna objective: suggest params, run the Optuna-free core, store what it measured.
+
+The trial core (:func:`searchprune.trial.run_trial`) writes no files; the objective saves each
+trial's checkpoint (``<output_dir>/checkpoints/trial_NNNNN.pt`` with a ``.json`` record beside it)
+and uploads both as Optuna artifacts when the study has an artifact directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from .._torch import get_device, seed_everything
+from ..attacks import evaluate
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import StudyConfig, TrialParams, to_dict
+from ..data import BatchLoader, Splits, make_splits
+from ..errors import ConfigError
+from ..models import build_model
+from ..prune import prunable_layers
+from ..train import train_
+from ..trial import TrialContext, TrialGated, TrialResult, checkpoint_metadata, run_trial
+from .space import suggest_params
+
+__all__ = ["Objective", "build_context", "ensure_base_model", "prunable_layer_names"]
+
+
+# --------------------------------------------------------------------------------------------
+# The base model and the trial context
+# --------------------------------------------------------------------------------------------
+
+
+def base_checkpoint_path(cfg: StudyConfig) -> Path:
+    if cfg.model.checkpoint is not None:
+        return Path(cfg.model.checkpoint)
+    return cfg.out_path / f"base_{cfg.model.arch or 'custom'}_{cfg.data.dataset}.pt"
+
+
+def model_record(cfg: StudyConfig, info: Any) -> dict[str, Any]:
+    """The ``model`` and ``dataset`` records of a checkpoint's metadata."""
+    return {
+        "model": {"arch": cfg.model.arch, "factory": cfg.model.factory, "kwargs": dict(cfg.model.kwargs)},
+        "dataset": {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
+                    "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std)},
+    }
+
+
+def ensure_base_model(cfg: StudyConfig, splits: Splits, device: torch.device, *,
+                      progress: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Loads the base checkpoint, or trains and saves it when missing and ``model.train`` is set."""
+    path = base_checkpoint_path(cfg)
+    record = model_record(cfg, splits.info)
+    if path.exists():
+        model, meta = load_checkpoint(path, expect_model=record["model"], expect_dataset=record["dataset"])
+        return model, meta
+    if cfg.model.train is None:
+        raise ConfigError(f"base checkpoint {str(path)!r} does not exist and model.train is not set; "
+                          "train one with `searchprune train` or add a model.train recipe")
+    tcfg = cfg.model.train
+    seed_everything(tcfg.seed)
+    model = build_model(cfg.model, splits.info).to(device)
+    print(f"training base model {cfg.model.arch or cfg.model.factory} on {cfg.data.dataset} "
+          f"({tcfg.recipe}, {tcfg.epochs} epochs) -> {path}", flush=True)
+    # The base model trains on every training image (data.train_size only caps what each trial
+    # fine-tunes on); validation is carved first, so it stays disjoint and unchanged.
+    full = make_splits(dataclasses.replace(cfg.data, train_size=None)) if cfg.data.train_size else splits
+    loader = BatchLoader(full.train, tcfg.batch_size, shuffle=True, seed=tcfg.seed, device=device)
+    history = train_(model, loader, tcfg, threat=cfg.threat, progress=progress)
+    res = evaluate(model, BatchLoader(splits.val, cfg.data.eval_batch_size, device=device,
+                                      max_images=cfg.eval.n_eval), cfg.threat, attacks=("pgd",))
+    meta = {**record, "recipe": to_dict(tcfg), "threat": to_dict(cfg.threat),
+            "metrics": {"val_clean_acc": res.clean, "val_pgd_acc": res.robust["pgd"], "n": res.n,
+                        "train_history": history}}
+    save_checkpoint(path, model, meta)
+    print(f"base model: val clean {res.clean:.4f}, PGD {res.robust['pgd']:.4f} on {res.n} images", flush=True)
+    return model.cpu().eval(), meta
+
+
+def build_context(cfg: StudyConfig, *, device: str | None = None,
+                  progress: bool = True) -> TrialContext:
+    """Data splits + base model + threat model: what every trial of the study shares."""
+    dev = get_device(device)
+    splits = make_splits(cfg.data)
+    model, meta = ensure_base_model(cfg, splits, dev, progress=progress)
+    return TrialContext(
+        base_model=model.to(dev).eval(), base_meta={k: meta[k] for k in ("model", "dataset")}, splits=splits,
+        threat=cfg.threat, eval=cfg.eval, gate=cfg.gate, device=dev, eval_batch_size=cfg.data.eval_batch_size,
+        cache_dir=cfg.out_path.resolve() / "cache",
+    )
+
+
+def prunable_layer_names(cfg: StudyConfig, ctx: TrialContext) -> list[str]:
+    p = cfg.defaults.prune
+    return list(prunable_layers(ctx.base_model, include_classifier=p.include_classifier,
+                                include_first=p.include_first))
+
+
+# --------------------------------------------------------------------------------------------
+# The objective
+# --------------------------------------------------------------------------------------------
+
+
+class Objective:
+    """``optuna`` objective: suggest params, run the Optuna-free core, store what it measured.
+
+    Args:
+        cfg: the study's config.
+        ctx: the shared trial context (:func:`build_context`).
+        artifact_dir: where checkpoints are uploaded as Optuna artifacts (None: not uploaded).
+        checkpoint_dir: where trial checkpoints are written (default: ``<output_dir>/checkpoints``).
+        log: where the one-line trial summaries go.
+    """
+
+    def __init__(self, cfg: StudyConfig, ctx: TrialContext, *, artifact_dir: str | None,
+                 checkpoint_dir: Path | None = None, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.ctx, self.log = cfg, ctx, log
+        self.checkpoint_dir = checkpoint_dir or cfg.out_path.resolve() / "checkpoints"
+        self.store = FileSystemArtifactStore(artifact_dir) if artifact_dir else None
+        if artifact_dir:
+            Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        self.layer_names = prunable_layer_names(cfg, ctx)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        # a heartbeat retry inherits the killed trial's user attrs: rerun it with the same seed
+        seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
+        trial.set_user_attr("seed", seed)
+        try:
+            params = suggest_params(trial, self.cfg.space, self.cfg.defaults, seed=seed,
+                                    layer_names=self.layer_names)
+            result = run_trial(params, self.ctx)
+        except TrialGated as g:
+            trial.set_user_attr("pruned_reason", g.reason)
+            for k, v in g.metrics.items():
+                trial.set_user_attr(f"gate_{k}", v)
+            self.log(f"trial {trial.number} gated: {g.reason}")
+            raise optuna.TrialPruned(g.reason) from None
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            self.log(f"trial {trial.number} failed: {type(e).__name__}: {e}")
+            raise
+        for k, v in result.metrics().items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("layer_sparsity", {k: round(v, 5) for k, v in result.layer_sparsity.items()})
+        for k, v in result.checks.items():
+            trial.set_user_attr(f"check_{k}", v)
+        for k, v in result.flags.items():
+            trial.set_user_attr(f"flag_{k}", bool(v))
+        trial.set_user_attr("flag_any", any(result.flags.values()))
+        self._constraints(trial, result)
+        self._save(trial, result, params)
+        self.log(f"trial {trial.number}: clean {result.clean_acc:.4f}  robust {result.robust_acc:.4f}  "
+                 f"macs {result.macs / 1e6:.2f}M ({result.macs / max(result.dense_macs, 1):.0%})  "
+                 f"{result.time_s:.1f}s")
+        return result.clean_acc, result.robust_acc, result.cost(self.cfg.cost)
+
+    def _constraints(self, trial: optuna.Trial, result: TrialResult) -> None:
+        c = self.cfg.constraints
+        if c.max_macs is not None:
+            trial.set_constraint("max_macs", (result.macs - c.max_macs) / c.max_macs)
+        if c.max_bitops is not None:
+            trial.set_constraint("max_bitops", (result.bitops - c.max_bitops) / c.max_bitops)
+        if c.min_clean_acc is not None:
+            trial.set_constraint("min_clean_acc", c.min_clean_acc - result.clean_acc)
+        if any(v > 0 for v in getattr(trial, "constraints", {}).values()):
+            trial.set_user_attr("feasible", False)
+        elif c.max_macs is not None or c.max_bitops is not None or c.min_clean_acc is not None:
+            trial.set_user_attr("feasible", True)
+
+    def _save(self, trial: optuna.Trial, result: TrialResult, params: TrialParams) -> None:
+        """Writes the checkpoint and its JSON record; uploads both as artifacts."""
+        assert result.model is not None
+        path = self.checkpoint_dir / f"trial_{trial.number:05d}.pt"
+        save_checkpoint(path, result.model, checkpoint_metadata(params, self.ctx, result))
+        meta_path = path.with_suffix(".json")
+        meta_path.write_text(json.dumps({
+            "study": self.cfg.name, "trial": trial.number, "params": trial.params, "seed": params.seed,
+            "trial_params": to_dict(params), "metrics": result.metrics(), "stages": to_dict(result.stages),
+            "layer_sparsity": dict(result.layer_sparsity), "flags": dict(result.flags),
+            "threat": to_dict(self.cfg.threat), "checkpoint": path.name,
+        }, indent=2, default=str))
+        trial.set_user_attr("checkpoint", str(path))
+        if self.store is None:
+            return
+        for file, mime in ((str(path), "application/octet-stream"), (str(meta_path), "application/json")):
+            artifact_id = upload_artifact(artifact_store=self.store, file_path=file, study_or_trial=trial,
+                                          mimetype=mime)
+            key = "artifact_checkpoint" if mime.endswith("stream") else "artifact_metadata"
+            trial.set_user_attr(key, artifact_id)

@@ -1,0 +1,106 @@
+"""What a study found: the Pareto table, a summary, the reference point and hypervolume."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume  # no public equivalent in Optuna 5.0
+from optuna.trial import TrialState
+
+__all__ = [
+    "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
+    "study_hypervolume",
+]
+
+TABLE_COLUMNS = ("trial", "clean_acc", "robust_acc", "transfer_acc", "macs", "mac_ratio", "bitops",
+                 "sparsity", "flags", "params")
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """Hypervolume dominated by ``points`` (every objective minimized) up to ``reference``.
+
+    Points not strictly better than the reference in every objective add nothing.
+    """
+    ref = np.asarray(reference, dtype=float)
+    pts = np.asarray(points, dtype=float).reshape(-1, len(ref))
+    pts = pts[(pts < ref).all(axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    return float(compute_hypervolume(pts, ref))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.3g}"
+    if isinstance(v, int) and abs(v) >= 10_000:
+        return f"{v / 1e6:.2f}M"
+    return str(v)
+
+
+def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per Pareto-optimal feasible trial (``study.best_trials``), best robust first."""
+    rows = []
+    for t in sorted(study.best_trials, key=lambda t: -t.values[1]):
+        ua = t.user_attrs
+        flags = [k.removeprefix("flag_") for k, v in ua.items() if k.startswith("flag_") and k != "flag_any" and v]
+        rows.append({
+            "trial": t.number, "clean_acc": t.values[0], "robust_acc": t.values[1],
+            "transfer_acc": ua.get("transfer_acc"), "macs": int(ua.get("macs", t.values[2])),
+            "mac_ratio": ua.get("mac_ratio"), "bitops": ua.get("bitops"), "sparsity": ua.get("sparsity"),
+            "flags": ",".join(flags) or "-",
+            "params": " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in t.params.items()
+                               if not k.startswith("prune.layer_sparsity.")),
+        })
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A plain-text table (what `study pareto` prints)."""
+    if not rows:
+        return "(no rows)"
+    cells = [[_fmt(r.get(c)) if r.get(c) is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join([line, sep, *body])
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    """Trials by state, best value per objective, Pareto set size and hypervolume."""
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    names = study.metric_names or ["clean_acc", "robust_acc", "cost"]
+    best = {}
+    for i, (n, d) in enumerate(zip(names, study.directions)):
+        if done:
+            pick = max if d == optuna.study.StudyDirection.MAXIMIZE else min
+            t = pick(done, key=lambda t: t.values[i])
+            best[n] = {"value": t.values[i], "trial": t.number}
+    out = {"name": study.study_name, "trials": len(trials), "by_state": {k: v for k, v in by_state.items() if v},
+           "best": best, "pareto_size": len(study.best_trials) if done else 0}
+    out["hypervolume"] = study_hypervolume(study) if done else None
+    return out
+
+
+def reference_point(study: optuna.Study) -> list[float]:
+    """Clean and robust accuracy 0, cost = the dense model's (the worst a sensible trial can be)."""
+    costs = [t.user_attrs.get("dense_macs", t.values[2]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    cost_ref = max(costs) if costs else 1.0
+    if study.metric_names and study.metric_names[2] == "bitops":
+        cost_ref = cost_ref * 32 * 32
+    return [0.0, 0.0, float(cost_ref) * 1.0001]
+
+
+def study_hypervolume(study: optuna.Study) -> float:
+    """Hypervolume of the feasible Pareto front, costs normalized by the dense model's."""
+    ref = reference_point(study)
+    pts = [[-t.values[0], -t.values[1], t.values[2] / ref[2]] for t in study.best_trials]
+    return hypervolume(pts, [0.0, 0.0, 1.0])

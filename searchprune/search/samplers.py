@@ -1,0 +1,70 @@
+"""Samplers by name, behind a registry: ``@register_sampler("name")`` on a factory.
+
+A factory takes the seed and the study's ``sampler.options`` and returns an Optuna sampler.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from .._registry import Registry
+from ..errors import ConfigError
+
+__all__ = ["SamplerFactory", "SAMPLERS", "register_sampler", "list_samplers", "make_sampler"]
+
+SamplerFactory = Callable[[int | None, dict[str, Any]], optuna.samplers.BaseSampler]
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
+
+
+def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
+    """Registers ``factory(seed, options) -> BaseSampler`` under ``name``."""
+    return SAMPLERS.register(name)
+
+
+def list_samplers() -> list[str]:
+    return SAMPLERS.names()
+
+
+def make_sampler(name: str, *, seed: int | None,
+                 options: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+    """Sampler by name, seeded, with its options.
+
+    Raises:
+        ConfigError: an unknown name (listing the registered ones) or a missing dependency.
+    """
+    return SAMPLERS.get(name)(seed, dict(options or {}))
+
+
+@register_sampler("tpe")
+def _tpe(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """TPE with ``group=True`` and ``multivariate=True``, so conditional spaces are modelled jointly."""
+    options.setdefault("group", True)
+    options.setdefault("multivariate", True)
+    return optuna.samplers.TPESampler(seed=seed, **options)
+
+
+@register_sampler("nsga2")
+def _nsga2(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, **options)
+
+
+@register_sampler("nsga3")
+def _nsga3(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIIISampler(seed=seed, **options)
+
+
+@register_sampler("gp")
+def _gp(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """Gaussian-process sampler (optimizes its acquisition with scipy)."""
+    if importlib.util.find_spec("scipy") is None:
+        raise ConfigError("sampler 'gp' needs scipy: pip install scipy")
+    return optuna.samplers.GPSampler(seed=seed, **options)
+
+
+@register_sampler("random")
+def _random(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)

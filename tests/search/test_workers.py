@@ -1,0 +1,149 @@
+"""Several worker processes on one study (journal file, real PostgreSQL) and a worker killed with SIGKILL.
+
+Worker processes are spawned, so each imports torch and builds its own trial context: these tests
+take tens of seconds and are marked slow. The PostgreSQL server is private to this module
+(``_pg.postgres_server``) and skipped, with the reason, where it cannot be started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from _pg import PostgresUnavailable, postgres_server
+from _tiny import tiny_study_config, trials_of
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from searchprune.search import create_study, optimize
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """One torch thread per process (the CPU is shared); workers inherit it."""
+    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+
+
+def _two_workers(tmp_path: Path, base: Path, storage: str, name: str,
+                 n: int = 5) -> list[optuna.trial.FrozenTrial]:
+    cfg = tiny_study_config(tmp_path, base, name=name, n_trials=n, baselines=["dense"])
+    create_study(cfg, storage=storage)
+    optimize(name, storage, workers=2, quiet=True)
+    return trials_of(storage, name)
+
+
+def _check_shared_study(trials: list[optuna.trial.FrozenTrial], n: int) -> None:
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(n)), numbers  # unique, no gaps, no extras
+    assert len({t._trial_id for t in trials}) == n
+    reasons = [t.user_attrs.get("fail_reason") for t in trials]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n, reasons
+    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1  # the enqueued baseline ran once
+    # the workers' samplers are seeded apart, so neither repeats the other's proposals
+    searched = [tuple(sorted(t.params.items())) for t in trials if not t.user_attrs.get("baseline")]
+    assert not [p for p, c in Counter(searched).items() if c > 1]
+    assert len({t.user_attrs["seed"] for t in trials}) == n
+
+
+def test_two_workers_on_a_journal_file(tmp_path, base):
+    storage = str(tmp_path / "runs" / "x.log")
+    _check_shared_study(_two_workers(tmp_path, base, storage, "journal2"), 5)
+    assert Path(storage).stat().st_size > 0
+
+
+def test_two_workers_on_postgresql(tmp_path, base, postgres_url):
+    assert postgres_url.startswith("postgresql+psycopg://")
+    _check_shared_study(_two_workers(tmp_path, base, postgres_url, "pg2"), 5)
+
+
+def _heartbeats(db: Path) -> list[tuple[int, str]]:
+    """(trial_id, heartbeat time) rows Optuna's RDB storage keeps for running trials."""
+    with sqlite3.connect(db, timeout=30) as con:
+        try:
+            return con.execute("SELECT trial_id, heartbeat FROM trial_heartbeats").fetchall()
+        except sqlite3.OperationalError:  # schema not there yet
+            return []
+
+
+def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch):
+    """SIGKILL mid-trial leaves a RUNNING trial; after the grace period the next optimize fails it
+    and RetryHeartbeatStaleTrialCallback re-runs the same params (same seed) as a new trial."""
+    monkeypatch.setenv("SEARCHPRUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SEARCHPRUNE_HEARTBEAT_GRACE", "2")
+    db = tmp_path / "kill.db"
+    storage = f"sqlite:///{db}"
+    # trials long enough (a 2-epoch fine-tune on 512 images) to be caught in the middle
+    cfg = tiny_study_config(tmp_path, base, name="killed", n_trials=2,
+                            space={"prune.sparsity": {"low": 0.3, "high": 0.9}},
+                            defaults={"prune": {"method": "magnitude", "sparsity": 0.5},
+                                      "finetune": {"recipe": "fast", "epochs": 2, "lr": 0.02}},
+                            data={"dataset": "synthetic", "train_size": 512, "val_size": 128, "test_size": 64,
+                                  "batch_size": 32, "eval_batch_size": 128})
+    create_study(cfg, storage=storage)
+    from searchprune._torch import get_device
+    from searchprune.data import make_splits
+    from searchprune.search import ensure_base_model
+
+    # trained here, so the worker starts its first trial at once
+    ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)
+
+    script = textwrap.dedent(f"""
+        from searchprune.search import optimize
+        optimize({cfg.name!r}, {storage!r}, quiet=True)
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        # mid-trial: its heartbeat thread wrote once and its params were suggested (it is training)
+        while not (_heartbeats(db) and any(t.state == TrialState.RUNNING and t.params
+                                           for t in trials_of(storage, "killed"))):
+            assert worker.poll() is None, f"worker exited ({worker.returncode}) before a trial started"
+            assert time.monotonic() < deadline, "no trial started within 120 s"
+            time.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    (killed,) = trials_of(storage, "killed")
+    assert killed.state == TrialState.RUNNING and worker.returncode == -signal.SIGKILL
+
+    time.sleep(3)  # > grace period: the heartbeat is stale now
+    optimize("killed", storage, quiet=True)
+    trials = trials_of(storage, "killed")
+    assert trials[0].state == TrialState.FAIL
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.number == 1 and retry.state == TrialState.COMPLETE
+    assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [0]
+    assert retry.params == killed.params and retry.user_attrs["seed"] == killed.user_attrs["seed"]
+    # the killed trial's retry takes its place: the target of 2 finished trials means 2 completed
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
