@@ -86,7 +86,7 @@ def make_context(setup: Setup, model: nn.Module, meta: Mapping[str, Any], *, dev
     splits = dataclasses.replace(splits, val=splits.test)
     return TrialContext(base_model=model.to(device).eval(), base_meta={k: meta[k] for k in ("model", "dataset")},
                         splits=splits, threat=setup.threat, eval=setup.eval, device=device,
-                        eval_batch_size=setup.data.eval_batch_size, out_dir=None, cache_dir=cache_dir)
+                        eval_batch_size=setup.data.eval_batch_size, cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,3 +156,14 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert "magnitude 0.5" in md and "complete" in md
     dest = report.write_results_md([out], tmp_path / "docs" / "RESULTS.md")
     assert "| 009 | quick | 1 of 1 |" in dest.read_text()
+
+
+def test_mrpf_baseline_is_structured_and_fits_the_joint_study() -> None:
+    from searchprune.config import load_study_config
+    from searchprune.search.baselines import BASELINES, baseline_trials
+
+    b = BASELINES.get("mrpf")
+    assert (b.granularity, b.allocation, b.recipe) == ("channel", "mrs", "trades")
+    cfg = load_study_config(ROOT / "studies" / "fmnist_full.yaml")
+    trials = [t for t in baseline_trials(cfg) if t.get("prune.allocation@scored") == "mrs"]
+    assert trials and all(t["prune.granularity@scored"] == "channel" for t in trials)
