@@ -26,7 +26,7 @@ from searchprune.errors import ConfigError
 
 __all__ = [
     "Base", "Row", "Setup", "Cell", "Reference", "Target", "row_fingerprint", "load_results", "append_result",
-    "pending_rows", "aggregate", "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference",
+    "pending_rows", "aggregate", "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference", "dominates",
 ]
 
 
@@ -327,3 +327,10 @@ def pixel_eps(eps_normalized: float, std: Sequence[float]) -> float:
     if eps_normalized < 0 or not std or min(std) <= 0:
         raise ConfigError(f"pixel_eps: expected eps >= 0 and positive stds, got {eps_normalized}, {list(std)}")
     return eps_normalized * min(std)
+
+
+def dominates(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """``a`` is at least as good as ``b`` in clean accuracy, PGD accuracy and MACs (lower), and better in one."""
+    ge = a["clean_acc"] >= b["clean_acc"] and a["pgd_acc"] >= b["pgd_acc"] and a["macs"] <= b["macs"]
+    gt = a["clean_acc"] > b["clean_acc"] or a["pgd_acc"] > b["pgd_acc"] or a["macs"] < b["macs"]
+    return ge and gt

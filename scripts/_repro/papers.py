@@ -241,8 +241,15 @@ def _std_base_001(quick: bool) -> Base:
     """Seed 001's standard base (shared with the papers that start from a standard CNN-8)."""
     run = _train_run("cnn8_fmnist_standard.yaml")
     if quick:
-        return Base("standard", run.model, dataclasses.replace(run.train, epochs=4.0), 20000,
-                    note="Adver-Fine's recipe cut to 4 epochs on 20,000 images")
+        # The paper's recipe (plain SGD from PyTorch's default init) idles on a plateau for its first
+        # epoch: cut to 4 epochs on 20k images it reached 77% training accuracy. Quick runs use the
+        # short converging recipe of studies/fmnist_quick.yaml instead (He init, momentum, cosine).
+        model = dataclasses.replace(run.model, kwargs={k: v for k, v in run.model.kwargs.items() if k != "init"})
+        train = TrainConfig(recipe="standard", epochs=3.0, lr=0.02, momentum=0.9, weight_decay=5e-4,
+                            schedule="cosine", batch_size=64)
+        return Base("standard", model, train, 20000,
+                    note="**not the paper's recipe**: 3 epochs on 20,000 images, SGD momentum 0.9, lr 0.02 cosine, "
+                         "He init (the paper's plain-SGD recipe needs its 20 epochs: cut to 4 it stalls at 77%)")
     return Base("standard", run.model, run.train, None,
                 note="Adver-Fine's recipe (20 epochs, SGD lr 0.1 -> 0.01 after 5, batch 64, all 60k images)")
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _repro import core, papers, report, runner  # noqa: E402
+from _repro import core, joint, papers, report, runner  # noqa: E402
 
 from searchprune.config import (  # noqa: E402
     DataConfig,
@@ -23,8 +23,11 @@ from searchprune.config import (  # noqa: E402
     ThreatModel,
     TrainConfig,
     TrialParams,
+    load_study_config,  # noqa: E402
 )
 from searchprune.errors import ConfigError  # noqa: E402
+from searchprune.search import validate_study  # noqa: E402
+from searchprune.search.baselines import BASELINES, baseline_trials, list_baselines  # noqa: E402
 
 
 def _setup(**data: object) -> core.Setup:
@@ -159,11 +162,28 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
 
 
 def test_mrpf_baseline_is_structured_and_fits_the_joint_study() -> None:
-    from searchprune.config import load_study_config
-    from searchprune.search.baselines import BASELINES, baseline_trials
-
     b = BASELINES.get("mrpf")
     assert (b.granularity, b.allocation, b.recipe) == ("channel", "mrs", "trades")
     cfg = load_study_config(ROOT / "studies" / "fmnist_full.yaml")
     trials = [t for t in baseline_trials(cfg) if t.get("prune.allocation@scored") == "mrs"]
     assert trials and all(t["prune.granularity@scored"] == "channel" for t in trials)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_study_validates(path: Path) -> None:
+    validate_study(load_study_config(path))  # raises ConfigError on an impossible trial or baseline
+
+
+def test_dominates_needs_one_strict_improvement() -> None:
+    a = {"clean_acc": 0.8, "pgd_acc": 0.5, "macs": 10.0}
+    assert core.dominates(a, {**a, "macs": 11.0})
+    assert not core.dominates(a, a)
+    assert not core.dominates(a, {**a, "pgd_acc": 0.6, "macs": 5.0})
+
+
+def test_joint_config_enqueues_every_recipe_it_has(tmp_path: Path) -> None:
+    cfg, missing = joint.joint_config(tmp_path, quick=True)
+    names = {b.partition("@")[0] for b in cfg.baselines}
+    assert names == set(joint.RECIPES) - set(missing)
+    assert set(missing) == set(joint.RECIPES) - set(list_baselines())
+    assert cfg.data.test_size == 500 and cfg.n_trials > len(cfg.baselines)
