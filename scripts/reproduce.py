@@ -17,10 +17,12 @@ test images. ``--paper joint`` runs ``studies/fmnist_full.yaml`` as a study inst
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
+import torch
 from _repro.papers import list_papers, make_plan
 from _repro.report import write_report, write_results_md
 from _repro.runner import run_rows
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             dirs = a.from_dirs if a.from_dirs is not None else sorted(
                 (d for d in Path("runs/repro").glob("*") if (d / "REPORT.md").exists()),
                 key=lambda d: (ORDER.index(d.name.split("-")[0]) if d.name.split("-")[0] in ORDER else 99, d.name))
-            print(f"wrote {write_results_md(dirs, a.results_md)} from {len(dirs)} run(s)")
+            not_run = [(p, f"python scripts/reproduce.py --paper {p} --quick") for p in ORDER]
+            print(f"wrote {write_results_md(dirs, a.results_md, not_run=not_run)} from {len(dirs)} run(s)")
             return 0
         if a.paper is None:
             ap.error("give --paper (or --write-results)")
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             run_joint(out, quick=a.quick, seeds=a.seeds, device=a.device, command=command)
             return 0
         plan = make_plan(a.paper, quick=a.quick, seeds=range(a.seeds))
+        machine = (f"{a.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, {torch.get_num_threads()} torch "
+                   f"thread(s) of {os.cpu_count()} cores, torch {torch.__version__}")
         (out / "command.txt").write_text(command + "\n")
         given = {}
         for item in a.base_checkpoint:
@@ -84,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             given[name] = Path(path)
         if not a.report_only:
             run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given,
-                     on_row=lambda: write_report(plan, out, command=command, quick=a.quick))
-        print(f"wrote {write_report(plan, out, command=command, quick=a.quick)}")
+                     on_row=lambda: write_report(plan, out, command=command, quick=a.quick, machine=machine))
+        print(f"wrote {write_report(plan, out, command=command, quick=a.quick, machine=machine)}")
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

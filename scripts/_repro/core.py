@@ -250,6 +250,7 @@ class Reference:
     clean: float | None
     pgd: float | None
     source: str
+    comparable: bool = True  # False: another dataset or model (shown, but no difference is computed)
 
 
 @dataclass(frozen=True)
@@ -294,8 +295,9 @@ def markdown_table(cells: Sequence[Cell], refs: Mapping[tuple[str, str, str, str
     for c in cells:
         ref = lookup_reference(refs, c)
         rc, rp = (ref.clean, ref.pgd) if ref is not None else (None, None)
-        d_clean = None if rc is None or math.isnan(c.mean("clean_acc")) else 100 * c.mean("clean_acc") - rc
-        d_pgd = None if rp is None or math.isnan(c.mean("pgd_acc")) else 100 * c.mean("pgd_acc") - rp
+        same = ref is not None and ref.comparable
+        d_clean = None if rc is None or not same or math.isnan(c.mean("clean_acc")) else 100 * c.mean("clean_acc") - rc
+        d_pgd = None if rp is None or not same or math.isnan(c.mean("pgd_acc")) else 100 * c.mean("pgd_acc") - rp
         method = f"{c.method} (control)" if c.control else c.method
         cols = ([c.base] if show_base else []) + [method, c.finetune, format_mean_std(c, "clean_acc"),
                                                    format_mean_std(c, "pgd_acc")]
@@ -306,7 +308,9 @@ def markdown_table(cells: Sequence[Cell], refs: Mapping[tuple[str, str, str, str
             else:
                 cols.append(format_mean_std(c, metric))
         mr = c.mean("mac_ratio")
-        cols += [_pp(rc), _pp(rp), "-" if d_clean is None else f"{d_clean:+.2f}",
+        mark = "" if ref is None or ref.comparable else "*"
+        cols += [_pp(rc) + (mark if rc is not None else ""), _pp(rp) + (mark if rp is not None else ""),
+                 "-" if d_clean is None else f"{d_clean:+.2f}",
                  "-" if d_pgd is None else f"{d_pgd:+.2f}", "-" if math.isnan(mr) else f"{mr:.0%}", str(c.n)]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)

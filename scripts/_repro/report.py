@@ -26,7 +26,7 @@ def _cells(out: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
     return aggregate(records, METRICS), records
 
 
-def write_report(plan: Any, out: Path, *, command: str, quick: bool) -> Path:
+def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: str = "") -> Path:
     """Writes ``out/REPORT.md`` (tables, targets, notes) and ``out/<paper>.png``; returns the report path."""
     cells, records = _cells(out)
     done = {r["key"] for r in records}
@@ -37,7 +37,8 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool) -> Path:
     lines = [f"## Seed {plan.paper}: {plan.title}", "",
              f"Command: `{command}`", "",
              f"Mode: {'**--quick** (CPU-sized, see notes)' if quick else 'full'}; {status}; "
-             f"{seconds / 60:.0f} min of rows; last row {last or '-'}.", ""]
+             f"{seconds / 60:.0f} min of rows; last row {last or '-'}." + (f" Machine: {machine}." if machine else ""),
+             ""]
     lines += [f"- {n}" for n in plan.notes]
     for b in plan.setup.bases.values():
         lines.append(f"- Base `{b.name}`: {b.model.arch}, {b.train.recipe} training, {b.note}.")
@@ -139,7 +140,8 @@ studies in `studies/` are meant for a CUDA machine).
 """
 
 
-def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "") -> Path:
+def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "",
+                     not_run: Sequence[tuple[str, str]] = ()) -> Path:
     """Assembles ``dest`` (docs/RESULTS.md) from each run directory's ``REPORT.md``; the plots are
     copied beside it into ``results/`` and the image links rewritten."""
     parts = [HEADER, preamble] if preamble else [HEADER]
@@ -160,6 +162,10 @@ def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "") ->
         status.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']} | "
                       f"`{d}` |")
         bodies.append(text)
+    done = {json.loads((d / "summary.json").read_text())["paper"] for d in dirs if (d / "summary.json").exists()}
+    for paper, command in not_run:
+        if paper not in done:
+            status.append(f"| {paper} | **not run in this session** | 0 | `{command}` |")
     parts += ["## What was run", "", *status, "", *bodies]
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text("\n".join(parts).rstrip() + "\n")

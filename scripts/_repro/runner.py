@@ -149,8 +149,9 @@ def resolve_row(row: Row, ctx: TrialContext, match: float | None) -> Row:
     if match is None:
         return row
     p = row.params.prune
+    keep = ("eps_w", "passes", "n_batches", "mrs_lr", "r_max") if p.allocation == "mrs" else ()
     probe = p if p.method in ("lamp", "l1_filter") else dataclasses.replace(p, method="magnitude", options={
-        k: v for k, v in p.options.items() if k in ("eps_w", "passes", "n_batches", "mrs_lr", "r_max", "round_to")})
+        k: v for k, v in p.options.items() if k in (*keep, "round_to")})
     s = match_mac_ratio(lambda s: mac_ratio(ctx, dataclasses.replace(probe, sparsity=s), seed=0), match)
     return dataclasses.replace(row, params=dataclasses.replace(row.params, prune=dataclasses.replace(p, sparsity=s)))
 
