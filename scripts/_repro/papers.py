@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from searchprune.config import (
     DataConfig,
@@ -31,8 +32,10 @@ from searchprune.config import (
     load_yaml,
 )
 from searchprune.errors import ConfigError
+from searchprune.models import create_model
 
 from .core import Base, Cell, Reference, Row, Setup, Target, pixel_eps
+from .runner import compression_sparsity
 
 __all__ = ["Plan", "PAPERS", "make_plan", "list_papers", "TableSpec"]
 
@@ -270,7 +273,7 @@ def _trades_base(quick: bool) -> Base:
 # 000: GAP (greedy adversarial pruning) against the ShrinkBench baselines
 # ---------------------------------------------------------------------------------------------
 
-GAP_METHODS: dict[str, tuple[str, str, dict]] = {  # label -> (method, allocation, options)
+GAP_METHODS: dict[str, tuple[str, Any, dict]] = {  # label -> (method, allocation, options)
     "GAP global (signed)": ("gap", "global", {"variant": "signed"}),
     "GAP layerwise (abs)": ("gap", "uniform", {"variant": "abs"}),
     "global magnitude": ("magnitude", "global", {}),
@@ -279,6 +282,10 @@ GAP_METHODS: dict[str, tuple[str, str, dict]] = {  # label -> (method, allocatio
     "layer gradient": ("gradient", "uniform", {"n_batches": 1}),
     "random": ("random", "uniform", {}),
 }
+
+
+def _cnn8() -> Any:
+    return create_model("cnn8", num_classes=10, in_channels=1, image_size=(28, 28))
 
 
 def plan_000(quick: bool, seeds: Sequence[int]) -> Plan:
@@ -336,7 +343,9 @@ def plan_000(quick: bool, seeds: Sequence[int]) -> Plan:
         f"no clamp) converted to the pixel scale with the Fashion-MNIST std {FMNIST_STD}: eps {threat.eps:g}, "
         f"step {threat.alpha:g}. GAP scores with the same attack (labels from the model's predictions).",
         "Compression = ShrinkBench's whole-model ratio total / nonzero over all parameters (classifier and biases "
-        "count but are not pruned; the library prunes weights only, ShrinkBench also biases).",
+        "count but are not pruned; the library prunes weights only, ShrinkBench also biases). On CNN-8 that is a "
+        "sparsity of the prunable weights of " + ", ".join(
+            f"{100 * compression_sparsity(_cnn8(), c):.1f}% at x{c:g}" for c in compressions) + ".",
         f"Fine-tuning: standard, SGD lr 1e-3 fixed (momentum 0.9 [INF]), wd 1e-4, {epochs:g} epoch(s) on "
         f"{data.train_size or 60000} images (GAP's default: 40 epochs); the same for every method and the dense "
         "control. Transfer = accuracy on PGD examples crafted on the dense base.",
@@ -490,13 +499,15 @@ def plan_004(quick: bool, seeds: Sequence[int]) -> Plan:
                         TrialParams(prune=dense, finetune=ft(seed), seed=seed), control=True))
         for t in targets_macs:
             for crit in (*MRPF_CRITERIA, "lamp"):
-                for alloc in (("global",) if crit == "lamp" else ("mrs", "uniform")):
-                    opts = {"n_batches": 4} if crit == "taylor" else {"n_samples": 32} if crit == "hessian" else {}
+                allocs: tuple[Any, ...] = ("global",) if crit == "lamp" else ("mrs", "uniform")
+                for alloc in allocs:
+                    opts: dict[str, Any] = ({"n_batches": 4} if crit == "taylor" else
+                                            {"n_samples": 32} if crit == "hessian" else {})
                     if crit in ("taylor", "hessian"):
                         opts["adversarial"] = True
                     prune = PruneConfig(method=crit, granularity="channel", allocation=alloc, sparsity=0.5,
                                         options=opts)
-                    label = {"mrs": "MRS", "uniform": "uniform", "global": "LAMP global"}[alloc]
+                    label = {"mrs": "MRS", "uniform": "uniform", "global": "LAMP global"}[str(alloc)]
                     row = Row("004", "mrpf", "trades", f"{crit} {label} @{t:g}", "TRADES", seed,
                               TrialParams(prune=prune, finetune=ft(seed), seed=seed), x=t, series=f"{crit} {label}")
                     rows.append(row)

@@ -28,7 +28,7 @@ from searchprune.data import BatchLoader, Splits, make_splits
 from searchprune.errors import ConfigError
 from searchprune.macs import count_dense_macs, count_macs, count_params
 from searchprune.models import build_model
-from searchprune.prune import keep_fraction_from_compression, prunable_layers, prune_
+from searchprune.prune import keep_fraction_from_compression, prunable_layers, prune_, weight_param
 from searchprune.train import train_
 from searchprune.trial import TrialContext, run_trial
 
@@ -132,7 +132,7 @@ def compression_sparsity(model: nn.Module, compression: float, *, include_classi
     """The fraction of prunable weights removed at ShrinkBench's whole-model ``compression``
     (``searchprune.prune.keep_fraction_from_compression`` over this model's parameters)."""
     layers = prunable_layers(model, include_classifier=include_classifier)
-    prunable = sum(m.weight.numel() for m in layers.values())
+    prunable = sum(weight_param(m).numel() for m in layers.values())
     return 1.0 - keep_fraction_from_compression(compression, total=count_params(model, nonzero=False),
                                                 prunable=prunable)
 
@@ -158,7 +158,7 @@ def resolve_row(row: Row, ctx: TrialContext, match: float | None) -> Row:
 
 def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None, quick: bool,
              base_checkpoints: Mapping[str, Path] | None = None,
-             on_row: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> int:
+             on_row: Callable[[], object] = lambda: None, log: Callable[[str], None] = print) -> int:
     """Runs every row of ``plan`` not yet in ``out/results.jsonl``, appending each as it finishes.
 
     ``base_checkpoints`` (base name -> checkpoint) uses an existing base model instead of the cached
