@@ -40,8 +40,8 @@ from torch import nn
 
 from searchprune.config import PruneConfig
 from searchprune.deploy import LatencyCache, deployable
-from searchprune.models.macs import count_macs, layer_costs
 from searchprune.models import create_model
+from searchprune.models.macs import count_macs, layer_costs
 from searchprune.prune import prune_
 
 MODELS = {  # name -> (input shape (C, H, W), create_model kwargs)

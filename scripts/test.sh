@@ -9,9 +9,10 @@ command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2
   || apt_install postgresql || echo "[test] PostgreSQL unavailable: its tests will skip"
 command -v chromium >/dev/null || apt_install chromium || echo "[test] Chromium unavailable: its test will skip"
 
-echo "[test] ruff and mypy"
+echo "[test] ruff, mypy and the import contracts (pyproject.toml [tool.importlinter])"
 ruff check .
 mypy searchprune
+lint-imports
 
 set +e
 python -m pytest -q -ra "$@"

@@ -18,34 +18,49 @@ architecture to the saved shapes, then re-applies quantization when ``meta["quan
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import platform
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .config import DataConfig, ModelConfig, QuantConfig, ThreatModel, TrainConfig, build
+from .data import DatasetInfo, Splits, make_splits
 from .errors import ConfigError
+from .models import build_model
+from .prune import resize_to_state_dict_
+from .quantize import fold_parametrizations_, quantize_
+from .train import model_record, train_base_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "materialize", "versions", "rebuild_model"]
+__all__ = ["save_checkpoint", "load_checkpoint", "materialize", "versions", "rebuild_model", "ensure_base_model"]
 
 FORMAT = 1
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded with every checkpoint and export."""
-    from . import __version__
+    """Library versions recorded with every checkpoint and export.
 
-    out = {"searchprune": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
-    try:
-        import optuna
-
-        out["optuna"] = optuna.__version__
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        pass
+    Read from the installed distributions' metadata, so recording them imports neither the
+    package facade nor Optuna (the trial core never reaches Optuna).
+    """
+    out = {"searchprune": _dist_version("searchprune"), "torch": str(torch.__version__),
+           "python": platform.python_version()}
+    optuna_version = _dist_version("optuna")
+    if optuna_version != "unknown":
+        out["optuna"] = optuna_version
     return out
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:  # e.g. running from a source tree that was never installed
+        return "unknown"
 
 
 def materialize(model: nn.Module) -> nn.Module:
@@ -54,8 +69,6 @@ def materialize(model: nn.Module) -> nn.Module:
     The copy computes exactly what the original computes (masked and quantized weights stay as
     they are), but its ``state_dict`` has plain ``weight`` keys that a fresh model accepts.
     """
-    from .quantize import fold_parametrizations_
-
     # fold_parametrizations_ gives each module its own class first: a deepcopy shares torch's
     # generated Parametrized* class with the original, and removing on the copy would break it.
     return fold_parametrizations_(copy.deepcopy(model))
@@ -120,11 +133,6 @@ def rebuild_model(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor
     Handles structurally pruned weights (modules are resized to the saved shapes) and fake
     quantization (re-applied from ``meta["quant"]``; quantizing grid values is idempotent).
     """
-    from .config import ModelConfig, QuantConfig, build
-    from .data import DatasetInfo
-    from .models import build_model
-    from .prune._structured import resize_to_state_dict_
-
     ds = dict(meta["dataset"])
     info = DatasetInfo(
         name=ds["name"], num_classes=int(ds["num_classes"]), in_channels=int(ds["in_channels"]),
@@ -139,8 +147,6 @@ def rebuild_model(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor
         raise ConfigError(f"checkpoint does not fit model {meta['model']}: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}")
     if meta.get("quant") and meta["quant"].get("mode", "none") != "none":
-        from .quantize import quantize_
-
         quantize_(model, build(QuantConfig, meta["quant"], "quant"))
         act = {k: v for k, v in state_dict.items() if ".act_quant." in k}
         if act:
@@ -168,3 +174,51 @@ def load_checkpoint(path: str | Path, *, expect_model: Mapping[str, Any] | None 
     meta = dict(payload.get("meta", {}))
     _check_compatible(meta, path, expect_model, expect_dataset)
     return rebuild_model(meta, payload["state_dict"]), meta
+
+
+def ensure_base_model(path: str | Path, model_cfg: ModelConfig, splits: Splits, *, data: DataConfig,
+                      train_cfg: TrainConfig | None, threat: ThreatModel, device: torch.device,
+                      n_eval: int | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The study's base model: loaded from ``path``, or trained, measured on val and saved there.
+
+    Loading checks that the checkpoint holds ``model_cfg``'s architecture for this dataset.
+    Training goes through :func:`searchprune.train.train_base_model` (the code path
+    ``searchprune train`` uses too) on *every* training image: ``data.train_size`` only caps
+    what each trial fine-tunes on, and validation is carved first, so it stays disjoint and
+    unchanged.
+
+    Args:
+        path: the base checkpoint.
+        model_cfg: the architecture the study compresses.
+        splits: the study's splits (``make_splits(data)``).
+        data: the study's data config.
+        train_cfg: the recipe for a missing checkpoint; None makes a missing checkpoint an error.
+        threat: the study's threat model (adversarial recipes and the PGD measurement use it).
+        device: where to train.
+        n_eval: validation images measured after training (None: all).
+        progress: show a progress bar while training (one line is printed before and after either way).
+
+    Returns:
+        ``(model, meta)``: loaded models are on CPU in eval mode; a freshly trained one likewise.
+
+    Raises:
+        ConfigError: the checkpoint is missing and ``train_cfg`` is None, or it holds another
+            model or dataset.
+    """
+    path = Path(path)
+    record = model_record(model_cfg, splits.info)
+    if path.exists():
+        return load_checkpoint(path, expect_model=record["model"], expect_dataset=record["dataset"])
+    if train_cfg is None:
+        raise ConfigError(f"base checkpoint {str(path)!r} does not exist and model.train is not set; "
+                          "train one with `searchprune train` or add a model.train recipe")
+    print(f"training base model {model_cfg.arch or model_cfg.factory} on {data.dataset} "
+          f"({train_cfg.recipe}, {train_cfg.epochs} epochs) -> {path}", flush=True)
+    full = make_splits(dataclasses.replace(data, train_size=None)) if data.train_size else splits
+    model, meta = train_base_model(model_cfg, train_cfg, splits, data=data, threat=threat, device=device,
+                                   eval_split="val", n_eval=n_eval, train_set=full.train, progress=progress)
+    save_checkpoint(path, model, meta)
+    m = meta["metrics"]
+    print(f"base model: val clean {m['val_clean_acc']:.4f}, PGD {m['val_pgd_acc']:.4f} on {m['n_val']} images",
+          flush=True)
+    return model.cpu().eval(), meta

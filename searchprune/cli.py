@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import TrainRunConfig, build, load_study_config, load_yaml, to_dict
+from .config import TrainRunConfig, build, load_study_config, load_yaml
 from .errors import ConfigError
 
 __all__ = ["main"]
@@ -148,38 +147,21 @@ def cmd_study_plots(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ._torch import get_device, seed_everything, set_cpu_threads  # lazy: keeps --help fast (torch)
-    from .attacks import evaluate  # lazy: keeps --help fast
+    from ._torch import get_device, set_cpu_threads  # lazy: keeps --help fast (torch)
     from .checkpoint import save_checkpoint  # lazy: keeps --help fast
-    from .data import BatchLoader, make_splits  # lazy: keeps --help fast
-    from .models import build_model  # lazy: keeps --help fast
-    from .train import train_  # lazy: keeps --help fast
+    from .data import make_splits  # lazy: keeps --help fast
+    from .train import train_base_model  # lazy: keeps --help fast
 
     set_cpu_threads()
     cfg: TrainRunConfig = build(TrainRunConfig, load_yaml(a.config))
     out = Path(a.out or cfg.output)
-    dev = get_device(a.device)
-    seed_everything(cfg.train.seed)
-    splits = make_splits(cfg.data)
-    model = build_model(cfg.model, splits.info).to(dev)
-    t0 = time.perf_counter()
-    history = train_(model, BatchLoader(splits.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                                        device=dev), cfg.train, threat=cfg.threat, progress=not a.quiet)
-    train_s = time.perf_counter() - t0
-    res = evaluate(model, BatchLoader(splits.test, cfg.data.eval_batch_size, device=dev, max_images=cfg.n_eval),
-                   cfg.threat, attacks=("pgd",))
-    info = splits.info
-    meta = {
-        "model": {"arch": cfg.model.arch, "factory": cfg.model.factory, "kwargs": dict(cfg.model.kwargs)},
-        "dataset": {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
-                    "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std)},
-        "recipe": to_dict(cfg.train), "threat": to_dict(cfg.threat), "data": to_dict(cfg.data),
-        "metrics": {"test_clean_acc": res.clean, "test_pgd_acc": res.robust["pgd"], "n_test": res.n,
-                    "train_seconds": train_s, "history": history},
-    }
+    model, meta = train_base_model(cfg.model, cfg.train, make_splits(cfg.data), data=cfg.data, threat=cfg.threat,
+                                   device=get_device(a.device), eval_split="test", n_eval=cfg.n_eval,
+                                   progress=not a.quiet)
     save_checkpoint(out, model, meta)
-    print(f"test ({res.n} images): clean {res.clean:.4f}, PGD-{cfg.threat.steps} {res.robust['pgd']:.4f} "
-          f"(eps {cfg.threat.eps:g}); trained in {train_s:.0f} s -> {out}")
+    m = meta["metrics"]
+    print(f"test ({m['n_test']} images): clean {m['test_clean_acc']:.4f}, PGD-{cfg.threat.steps} "
+          f"{m['test_pgd_acc']:.4f} (eps {cfg.threat.eps:g}); trained in {m['train_seconds']:.0f} s -> {out}")
     return 0
 
 

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
 import pytest
 import torch
 
-from searchprune.checkpoint import load_checkpoint, materialize, save_checkpoint
-from searchprune.config import PruneConfig, QuantConfig, to_dict
+import searchprune.checkpoint as checkpoint_module
+from searchprune.checkpoint import ensure_base_model, load_checkpoint, materialize, save_checkpoint, versions
+from searchprune.config import DataConfig, ModelConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig, to_dict
+from searchprune.data import make_splits
 from searchprune.errors import ConfigError
 from searchprune.models import create_model
 from searchprune.prune import prune_
@@ -67,3 +75,45 @@ def test_incompatible_or_bad_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_versions_come_from_package_metadata_without_importing_optuna():
+    v = versions()
+    assert v["searchprune"] == version("searchprune") and v["optuna"] == version("optuna")
+    code = "import sys, searchprune.checkpoint as c; c.versions(); print('optuna' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_checkpoint_has_no_function_local_imports():
+    tree = ast.parse(Path(checkpoint_module.__file__).read_text())
+    nested = [node.lineno for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+              for node in ast.walk(fn) if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert nested == []
+
+
+def test_ensure_base_model_trains_once_then_loads(tmp_path, capsys):
+    data = DataConfig(dataset="synthetic", train_size=32, val_size=64, test_size=32, batch_size=64,
+                      eval_batch_size=64)
+    model_cfg = ModelConfig(arch="mnist_small")
+    recipe = TrainConfig(recipe="standard", epochs=1, lr=0.05, batch_size=64, max_batches=2)
+    threat = ThreatModel(eps=0.02, alpha=0.01, steps=2)
+    splits = make_splits(data)
+    path = tmp_path / "base.pt"
+    with pytest.raises(ConfigError, match="does not exist and model.train is not set"):
+        ensure_base_model(path, model_cfg, splits, data=data, train_cfg=None, threat=threat,
+                          device=torch.device("cpu"))
+    trained, meta = ensure_base_model(path, model_cfg, splits, data=data, train_cfg=recipe, threat=threat,
+                                      device=torch.device("cpu"), n_eval=32, progress=False)
+    assert path.is_file() and "training base model mnist_small" in capsys.readouterr().out
+    # the base model draws from every training image, not just data.train_size (32 would be one batch)
+    assert meta["metrics"]["train_history"][0]["images"] == 2 * 64 and meta["metrics"]["n_val"] == 32
+    assert not trained.training
+    loaded, loaded_meta = ensure_base_model(path, model_cfg, splits, data=data, train_cfg=recipe, threat=threat,
+                                            device=torch.device("cpu"))
+    assert capsys.readouterr().out == ""  # loaded, not trained again
+    assert loaded_meta["metrics"] == meta["metrics"]
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ConfigError, match="holds model 'mnist_small'"):
+        ensure_base_model(path, ModelConfig(arch="cnn8"), splits, data=data, train_cfg=recipe, threat=threat,
+                          device=torch.device("cpu"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -130,3 +133,9 @@ def test_attacks_work_under_no_grad(base):
         for x_adv in (pgd(model, x, y, eps=0.1, alpha=0.02, steps=5), fgsm(model, x, y, eps=0.1),
                       apgd(model, x, y, eps=0.1, steps=5)):
             assert (x_adv - x).abs().max() > 0.05
+
+
+def test_the_core_never_imports_optuna():
+    """run_trial and everything below it are plain PyTorch: Optuna stays in the search layer."""
+    code = "import sys, searchprune.trial; assert 'optuna' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

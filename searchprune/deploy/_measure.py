@@ -132,7 +132,7 @@ def shape_signature(model: nn.Module, example_input: torch.Tensor) -> list[list[
     return order
 
 
-def signature_key(kind: str, model: nn.Module, example_input: torch.Tensor, **settings: Any) -> tuple[str, dict]:
+def signature_key(kind: str, model: nn.Module, example_input: torch.Tensor, **settings: Any) -> tuple[str, dict[str, Any]]:
     """``(sha1 key, signature)`` of a measurement ``kind`` of ``model`` under ``settings``.
 
     The signature adds to :func:`shape_signature` the model class, its other leaf module kinds
@@ -186,7 +186,7 @@ class LatencyCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, value: Any, signature: dict | None = None) -> None:
+    def put(self, key: str, value: Any, signature: dict[str, Any] | None = None) -> None:
         """Stores ``value`` (JSON-serializable) under ``key``, with its signature for the reader."""
         self._memory[key] = value
         if self.directory is not None:

@@ -35,6 +35,8 @@ counts instead of ShrinkBench's tie-keeping quantile.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._gradients import adversarial_batch, frozen_bn_stats, module_mode, weight_grads
@@ -55,7 +57,7 @@ def map_zeros(t: torch.Tensor, *, generator: torch.Generator | None = None) -> t
 
 
 def adversarial_gradients(ctx: PruneContext, *, n_batches: int | None, update_bn_stats: bool = True,
-                          random_start: bool = True, attack: dict | None = None,
+                          random_start: bool = True, attack: dict[str, Any] | None = None,
                           ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """``G = sum_batches grad_w mean CE(model(PGD(x)), y)`` for every layer of ``ctx.layers``.
 

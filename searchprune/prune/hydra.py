@@ -232,7 +232,7 @@ def hydra_train_config(base: Any, options: Mapping[str, Any]) -> Any:
 
 
 def hydra_prune_phase_(model: nn.Module, layers: Mapping[str, nn.Module], loader: Any, train_cfg: Any, *,
-                       threat: Any, freeze_bn: bool = False) -> list[dict]:
+                       threat: Any, freeze_bn: bool = False) -> list[dict[str, Any]]:
     """HYDRA's prune phase: trains the scores of ``layers`` (and BatchNorm affine parameters unless
     ``freeze_bn``) with every other parameter frozen, through ``searchprune.train.train_``.
 
@@ -307,7 +307,7 @@ class Hydra(PruningMethod):
         scores = attach_scores_(ctx.layers, counts)
         initial = {n: p.current_mask().clone() for n, p in scores.items()}
         cfg = hydra_train_config(ctx.train_cfg, opts)
-        history: list[dict] = []
+        history: list[dict[str, Any]] = []
         if cfg.epochs > 0:
             history = hydra_prune_phase_(ctx.model, ctx.layers, ctx.loader, cfg, threat=ctx.threat,
                                          freeze_bn=bool(opts["freeze_bn"]))

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ._fake import ActFakeQuant, WeightFakeQuant, _RangeObserver
 
 __all__ = [
-    "QUANTIZABLE", "quantizable_layers", "quantize_", "calibrate_", "set_ste_", "hard_rounding",
+    "CalibBatch", "QUANTIZABLE", "quantizable_layers", "quantize_", "calibrate_", "set_ste_", "hard_rounding",
     "dequantize_", "is_quantized", "layer_bitwidths",
 ]
 
@@ -23,6 +23,8 @@ __all__ = [
 QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 FilterFn = Callable[[nn.Module, str], bool]
+# a calibration batch: the inputs alone, or an (x, y, ...) tuple/list whose first entry is the input
+CalibBatch = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -69,7 +71,7 @@ def layer_bitwidths(model: nn.Module) -> dict[str, tuple[int, int | None]]:
             for name, m in quantizable_layers(model).items() if hasattr(m, "weight_bits")}
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig, *, calib_loader: Iterable[Any] | None = None,
+def quantize_(model: nn.Module, cfg: QuantConfig, *, calib_loader: Iterable[CalibBatch] | None = None,
               filter_fn: FilterFn | None = None) -> nn.Module:
     """Inserts fake quantizers into every conv and linear layer, in place (torchao's verb).
 
@@ -143,7 +145,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, *, calib_loader: Iterable[Any]
     return model
 
 
-def calibrate_(model: nn.Module, loader: Iterable[Any], *, num_batches: int = 4, method: str = "minmax",
+def calibrate_(model: nn.Module, loader: Iterable[CalibBatch], *, num_batches: int = 4, method: str = "minmax",
                percentile: float = 99.99) -> nn.Module:
     """Sets every activation quantizer's range from ``num_batches`` batches of ``loader``.
 

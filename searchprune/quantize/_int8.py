@@ -21,14 +21,16 @@ import copy
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
-from ._api import _own_class_, _parametrizations, dequantize_
+from ..models import Normalize
+from ._api import CalibBatch, _own_class_, _parametrizations, dequantize_
 
 __all__ = ["to_int8", "fold_parametrizations_"]
 
@@ -57,20 +59,12 @@ def fold_parametrizations_(model: nn.Module) -> nn.Module:
 def _float_prefix_modules(model: nn.Module) -> list[str]:
     """Names of input-normalization modules, which stay float: the first conv's quantizer then
     sees the normalized input exactly as the fake-quant model's first ``act_quant`` does."""
-    kinds: tuple[type, ...] = ()
-    try:
-        from ..models import Normalize
-
-        kinds = (Normalize,)
-    except ImportError:  # models not importable yet: recognise it by its class name
-        pass
+    # a user's own model may bring its own class of that name: recognise it by name too
     return [name for name, m in model.named_modules()
-            if name and (isinstance(m, kinds) or type(m).__name__ == "Normalize")]
+            if name and (isinstance(m, Normalize) or type(m).__name__ == "Normalize")]
 
 
-def _qconfig(reduce_range: bool) -> Any:
-    from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig
-
+def _qconfig(reduce_range: bool) -> QConfig:
     act_max = 127 if reduce_range else 255
     return QConfig(
         activation=MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
@@ -80,7 +74,7 @@ def _qconfig(reduce_range: bool) -> Any:
     )
 
 
-def to_int8(model: nn.Module, calib_loader: Iterable[Any], *, num_batches: int = 4, backend: str = "x86",
+def to_int8(model: nn.Module, calib_loader: Iterable[CalibBatch], *, num_batches: int = 4, backend: str = "x86",
             reduce_range: bool = False) -> nn.Module:
     """A copy of ``model`` running real int8 kernels on the CPU (``torch.ao`` FX graph mode).
 
@@ -124,9 +118,6 @@ def to_int8(model: nn.Module, calib_loader: Iterable[Any], *, num_batches: int =
             break
     if not batches:
         raise ConfigError("to_int8: the calibration loader yielded no batches")
-
-    from torch.ao.quantization import QConfigMapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = backend
     qmap = QConfigMapping().set_global(_qconfig(reduce_range))

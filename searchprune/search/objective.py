@@ -7,7 +7,6 @@ and uploads both as Optuna artifacts when the study has an artifact directory.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,15 +16,12 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from .._torch import get_device, seed_everything
-from ..attacks import evaluate
-from ..checkpoint import load_checkpoint, save_checkpoint
+from .. import checkpoint
+from .._torch import get_device
+from ..checkpoint import save_checkpoint
 from ..config import StudyConfig, TrialParams, to_dict
-from ..data import BatchLoader, Splits, make_splits
-from ..errors import ConfigError
-from ..models import build_model
+from ..data import Splits, make_splits
 from ..prune import prunable_layers
-from ..train import train_
 from ..trial import TrialContext, TrialGated, TrialResult, checkpoint_metadata, run_trial
 from .space import suggest_params
 
@@ -43,44 +39,13 @@ def base_checkpoint_path(cfg: StudyConfig) -> Path:
     return cfg.out_path / f"base_{cfg.model.arch or 'custom'}_{cfg.data.dataset}.pt"
 
 
-def model_record(cfg: StudyConfig, info: Any) -> dict[str, Any]:
-    """The ``model`` and ``dataset`` records of a checkpoint's metadata."""
-    return {
-        "model": {"arch": cfg.model.arch, "factory": cfg.model.factory, "kwargs": dict(cfg.model.kwargs)},
-        "dataset": {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
-                    "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std)},
-    }
-
-
 def ensure_base_model(cfg: StudyConfig, splits: Splits, device: torch.device, *,
                       progress: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Loads the base checkpoint, or trains and saves it when missing and ``model.train`` is set."""
-    path = base_checkpoint_path(cfg)
-    record = model_record(cfg, splits.info)
-    if path.exists():
-        model, meta = load_checkpoint(path, expect_model=record["model"], expect_dataset=record["dataset"])
-        return model, meta
-    if cfg.model.train is None:
-        raise ConfigError(f"base checkpoint {str(path)!r} does not exist and model.train is not set; "
-                          "train one with `searchprune train` or add a model.train recipe")
-    tcfg = cfg.model.train
-    seed_everything(tcfg.seed)
-    model = build_model(cfg.model, splits.info).to(device)
-    print(f"training base model {cfg.model.arch or cfg.model.factory} on {cfg.data.dataset} "
-          f"({tcfg.recipe}, {tcfg.epochs} epochs) -> {path}", flush=True)
-    # The base model trains on every training image (data.train_size only caps what each trial
-    # fine-tunes on); validation is carved first, so it stays disjoint and unchanged.
-    full = make_splits(dataclasses.replace(cfg.data, train_size=None)) if cfg.data.train_size else splits
-    loader = BatchLoader(full.train, tcfg.batch_size, shuffle=True, seed=tcfg.seed, device=device)
-    history = train_(model, loader, tcfg, threat=cfg.threat, progress=progress)
-    res = evaluate(model, BatchLoader(splits.val, cfg.data.eval_batch_size, device=device,
-                                      max_images=cfg.eval.n_eval), cfg.threat, attacks=("pgd",))
-    meta = {**record, "recipe": to_dict(tcfg), "threat": to_dict(cfg.threat),
-            "metrics": {"val_clean_acc": res.clean, "val_pgd_acc": res.robust["pgd"], "n": res.n,
-                        "train_history": history}}
-    save_checkpoint(path, model, meta)
-    print(f"base model: val clean {res.clean:.4f}, PGD {res.robust['pgd']:.4f} on {res.n} images", flush=True)
-    return model.cpu().eval(), meta
+    """The study's base model: :func:`searchprune.checkpoint.ensure_base_model` with the study's settings."""
+    return checkpoint.ensure_base_model(
+        base_checkpoint_path(cfg), cfg.model, splits, data=cfg.data, train_cfg=cfg.model.train, threat=cfg.threat,
+        device=device, n_eval=cfg.eval.n_eval, progress=progress,
+    )
 
 
 def build_context(cfg: StudyConfig, *, device: str | None = None,

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume  # no public equivalent in Optuna 5.0
 from optuna.trial import TrialState
+
+from . import hypervolume as _hv
 
 __all__ = [
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
@@ -23,14 +24,13 @@ TABLE_COLUMNS = ("trial", "clean_acc", "robust_acc", "transfer_acc", "macs", "ma
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
     """Hypervolume dominated by ``points`` (every objective minimized) up to ``reference``.
 
-    Points not strictly better than the reference in every objective add nothing.
+    Only the non-dominated points are summed, so a dominated point changes the result by exactly
+    nothing (not by a rounding difference); points outside the reference box add nothing.
     """
-    ref = np.asarray(reference, dtype=float)
-    pts = np.asarray(points, dtype=float).reshape(-1, len(ref))
-    pts = pts[(pts < ref).all(axis=1)]
+    pts = np.asarray(points, dtype=float).reshape(-1, len(reference))
     if len(pts) == 0:
         return 0.0
-    return float(compute_hypervolume(pts, ref))
+    return _hv.hypervolume(pts[_hv.non_dominated_sort(pts)[0]], reference)
 
 
 def _fmt(v: Any) -> str:

@@ -11,6 +11,7 @@ import torch
 from _toys import toy_data, toy_net
 from torch import nn
 
+import searchprune.attacks._base as base
 from searchprune.attacks import (
     EvalResult,
     accuracy,
@@ -171,8 +172,6 @@ def test_accuracy_on_batches_scores_batches_as_given(net: nn.Module, batches) ->
 
 def test_base_imports_no_attack_or_evaluation_module() -> None:
     """The registry and geometry sit below every attack: no cycle through transfer/pgd/evaluate."""
-    import searchprune.attacks._base as base
-
     tree = ast.parse(Path(base.__file__).read_text())
     local = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
     assert local == set(), local

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from _toys import Constant, Detached, toy_data, toy_net
 from torch import nn
 
-from searchprune.attacks import fgsm, get_attack, list_attacks, pgd, project, random_start
+from searchprune.attacks import conv_layout, fast_layout, fgsm, get_attack, list_attacks, pgd, project, random_start
 from searchprune.config import ThreatModel, TrainConfig
 from searchprune.data import BatchLoader, make_synthetic
 from searchprune.errors import ConfigError
@@ -287,8 +287,6 @@ def test_bf16_matches_fp32_on_a_trained_cnn8() -> None:
 
 
 def test_conv_layout_converts_ambiguous_weights_and_restores_storage() -> None:
-    from searchprune.attacks._base import conv_layout, fast_layout
-
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 1), nn.Flatten())  # both shapes ambiguous
     before = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     cl_strides = {n: torch.empty_like(p, memory_format=torch.channels_last).stride()

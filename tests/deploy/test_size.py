@@ -11,7 +11,7 @@ from torch import nn
 from searchprune.config import PruneConfig, QuantConfig
 from searchprune.deploy import dense_macs, layer_storage, size_bytes
 from searchprune.errors import ConfigError
-from searchprune.macs import count_macs
+from searchprune.models.macs import count_macs
 from searchprune.models import create_model
 from searchprune.prune import prune_
 from searchprune.quantize import quantize_

@@ -42,7 +42,7 @@ def test_rows_relate_each_form_to_its_own_dense(bench: ModuleType) -> None:
 
 
 def test_blocked_macs_round_output_channels_up(bench: ModuleType) -> None:
-    from searchprune.macs import count_dense_macs
+    from searchprune.models.macs import count_dense_macs
 
     (_, dense), (_, pruned) = bench.networks("cnn8", [0.3], [1])
     shape = (1, 28, 28)

@@ -76,7 +76,7 @@ def _only_grad_for(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _adv_set(model: nn.Module, loader: Iterable, threat: ThreatModel, n_batches: int
+def _adv_set(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], threat: ThreatModel, n_batches: int
              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n_batches`` of ``loader`` attacked once with the study's PGD."""
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -104,7 +104,7 @@ def _mean_loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
 def mrs_scores(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
-    loader: Iterable,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     threat: ThreatModel,
     *,
     eps_w: float = 0.1,

@@ -50,7 +50,7 @@ def _preference(logits: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def fit_to_target_(bins: list[torch.Tensor], logits: list[torch.Tensor], hc: HardwareCost, target: float,
-                    as_binaries: Callable[[list], Any], *, tiebreak: list[torch.Tensor] | None = None,
+                    as_binaries: Callable[[list[torch.Tensor]], Any], *, tiebreak: list[torch.Tensor] | None = None,
                     min_keep: int = 0, drop: bool = True, fill: bool = True) -> tuple[int, int]:
     """Moves the binary masks to the largest cost not above ``target``, keeping the learned
     allocation's shape.

@@ -202,7 +202,7 @@ class InTrain(PruningMethod):
 
         hw = HardwareLoss(hc, target, float(lam), start=start, end=end, on_freeze=freeze, growth=growth,
                           freeze_when_met=bool(o["freeze_when_met"]))
-        history: list[dict] = []
+        history: list[dict[str, Any]] = []
         if cfg.epochs > 0:
             assert ctx.threat is not None  # needs_threat: prune_ checked
             history = train_(model, ctx.loader, cfg, threat=ctx.threat, extra_loss=hw)
@@ -227,7 +227,7 @@ class InTrain(PruningMethod):
                             weights_before=weights_before, extra=extra)
 
     @staticmethod
-    def _binaries_fn(masks: Mapping[str, LayerMask], groups: list[MaskedGroup]) -> Callable[[list], Any]:
+    def _binaries_fn(masks: Mapping[str, LayerMask], groups: list[MaskedGroup]) -> Callable[[list[torch.Tensor]], Any]:
         """Unit binaries in freeze order -> what :meth:`HardwareCost.total` takes."""
         if groups:
             return list

@@ -1,4 +1,4 @@
-"""Training and fine-tuning: one loop, four recipes (standard, PGD-AT, FGSM-RS, TRADES).
+"""The training loop and the recipe registry: optimizers, per-batch schedules, fractional epochs.
 
 A *recipe* turns one batch into a loss; everything else (optimizer, per-batch learning-rate
 schedule, fractional epochs, seeding, progress, devices) is shared by :func:`train_`. Adding a
@@ -23,27 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._registry import Registry
-from ._torch import eval_mode, model_device, seed_everything
-from .attacks._base import (
-    Precision,
-    ascent_step,
-    autocast,
-    conv_layout,
-    fast_layout,
-    input_grad,
-    project,
-    random_start,
-)
-from .attacks.pgd import pgd
-from .config import ThreatModel, TrainConfig
-from .errors import ConfigError
+from .._registry import Registry
+from .._torch import model_device, seed_everything
+from ..attacks import Precision, autocast, conv_layout, fast_layout
+from ..config import ThreatModel, TrainConfig
+from ..errors import ConfigError
 
-__all__ = ["RecipeContext", "RecipeFn", "list_recipes", "register_recipe", "scheduled_lr", "train_"]
+__all__ = ["RECIPES", "RecipeContext", "RecipeFn", "list_recipes", "register_recipe", "scheduled_lr", "train_"]
 
 
 @dataclass(frozen=True)
@@ -78,81 +67,6 @@ def register_recipe(name: str) -> Callable[[RecipeFn], RecipeFn]:
 def list_recipes() -> list[str]:
     """Names of the registered recipes, sorted."""
     return RECIPES.names()
-
-
-# ---------------------------------------------------------------------------------------------
-# Recipes
-# ---------------------------------------------------------------------------------------------
-
-
-@register_recipe("standard")
-def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy on the clean batch."""
-    logits = model(x)
-    return F.cross_entropy(logits, y), logits
-
-
-@register_recipe("pgd")
-def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Madry et al.'s PGD adversarial training: cross-entropy on PGD examples of ``ctx.attack``.
-
-    The examples are crafted in eval mode (BatchNorm uses running statistics, as in Adver-Fine and
-    HYDRA) and are the last PGD iterate (no early stopping); the loss is computed in train mode.
-    Training accuracy is on the adversarial examples.
-    """
-    a = ctx.attack
-    x_adv = pgd(model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps, norm=a.norm,
-                random_start=a.random_start, restarts=a.restarts, clamp=a.clamp, early_stop=False,
-                precision=ctx.precision)
-    logits = model(fast_layout(x_adv))
-    return F.cross_entropy(logits, y), logits
-
-
-@register_recipe("fast")
-def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wong et al.'s fast adversarial training (FGSM with a random start).
-
-    ``delta ~ U(-eps, eps)`` (uniform in the L2 ball for an L2 threat), one step of
-    ``alpha = cfg.fast_alpha_ratio * eps``, projected back to the eps-ball and [0, 1]. As in the
-    authors' code the step is taken with the model in train mode.
-    """
-    a = ctx.attack
-    x0 = random_start(x, norm=a.norm, eps=a.eps, clamp=a.clamp).requires_grad_(True)
-    loss = F.cross_entropy(model(x0), y, reduction="sum")
-    grad = input_grad(loss, x0)
-    x_adv = project(ascent_step(x0.detach(), grad, norm=a.norm, alpha=ctx.cfg.fast_alpha_ratio * a.eps), x,
-                    norm=a.norm, eps=a.eps, clamp=a.clamp)
-    logits = model(x_adv)
-    return F.cross_entropy(logits, y), logits
-
-
-@register_recipe("trades")
-def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(p(x) || p(x')) summed / B``.
-
-    ``x'`` starts at ``x + 0.001 N(0, 1)`` and takes ``ctx.attack.steps`` steps of size
-    ``ctx.attack.alpha`` up the KL divergence, each projected to the eps-ball and [0, 1], with the
-    model in eval mode. Training accuracy is on the clean batch.
-    """
-    a, batch = ctx.attack, len(x)
-    with eval_mode(model):
-        with torch.no_grad():
-            p_clean = F.softmax(model(x).float(), dim=1)  # (B, K), the fixed target of the ascent
-        x_adv = x + 0.001 * torch.randn_like(x)
-        for _ in range(a.steps):
-            x_adv.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
-            grad = input_grad(kl, x_adv)
-            x_adv = project(ascent_step(x_adv.detach(), grad, norm=a.norm, alpha=a.alpha), x,
-                            norm=a.norm, eps=a.eps, clamp=a.clamp)
-    logits = model(x)
-    robust = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), F.softmax(logits.float(), dim=1),
-                      reduction="sum") / batch
-    return F.cross_entropy(logits, y) + ctx.cfg.trades_beta * robust, logits
 
 
 # ---------------------------------------------------------------------------------------------

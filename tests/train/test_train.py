@@ -61,7 +61,7 @@ def test_the_four_recipes_are_registered() -> None:
     assert {"standard", "pgd", "fast", "trades"} <= set(list_recipes())
 
 
-@pytest.mark.parametrize("recipe", ["standard", "pgd", "fast", "trades"])
+@pytest.mark.parametrize("recipe", list_recipes())
 def test_each_recipe_reduces_its_loss(recipe: str) -> None:
     model, loader = _net(), Loader()
     cfg = TrainConfig(recipe=recipe, epochs=3, lr=0.05, schedule="constant")
@@ -191,7 +191,7 @@ def test_extra_loss_is_added_to_every_batch() -> None:
     assert small[-1].weight.norm() < 0.7 * free[-1].weight.norm()
 
 
-@pytest.mark.parametrize("recipe", ["standard", "fast", "pgd", "trades"])
+@pytest.mark.parametrize("recipe", list_recipes())
 def test_same_seed_same_result(recipe: str) -> None:
     cfg = TrainConfig(recipe=recipe, epochs=0.5, lr=0.05, seed=3)
     a, b, c = _net(), _net(), _net()
