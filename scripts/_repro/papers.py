@@ -273,7 +273,7 @@ def _trades_base(quick: bool) -> Base:
 # 000: GAP (greedy adversarial pruning) against the ShrinkBench baselines
 # ---------------------------------------------------------------------------------------------
 
-GAP_METHODS: dict[str, tuple[str, Any, dict]] = {  # label -> (method, allocation, options)
+GAP_METHODS: dict[str, tuple[str, Any, dict[str, Any]]] = {  # label -> (method, allocation, options)
     "GAP global (signed)": ("gap", "global", {"variant": "signed"}),
     "GAP layerwise (abs)": ("gap", "uniform", {"variant": "abs"}),
     "global magnitude": ("magnitude", "global", {}),
@@ -594,8 +594,9 @@ def plan_002(quick: bool, seeds: Sequence[int]) -> Plan:
         for t in (0.7, 0.5, 0.3):
             for start in ("scratch", "pretrained"):
                 for sched in ("fixed", "adaptive"):
-                    opts: dict = {"target_macs_ratio": t, "epochs": joint_scratch if start == "scratch" else joint_pre,
-                                  "from_scratch": start == "scratch"}
+                    joint_epochs = joint_scratch if start == "scratch" else joint_pre
+                    opts: dict[str, Any] = {"target_macs_ratio": t, "epochs": joint_epochs,
+                                            "from_scratch": start == "scratch"}
                     if sched == "fixed":  # the paper's: b fixed, penalty between epochs 20 and 240 of 300
                         opts.update(lam=50.0, prune_start=round(20 / 300, 4), prune_end=0.8)
                     prune = PruneConfig(method="in_train", granularity="channel", allocation="learned", sparsity=1 - t,

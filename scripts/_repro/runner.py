@@ -24,28 +24,17 @@ from torch import nn
 from searchprune._torch import get_device, seed_everything
 from searchprune.checkpoint import load_checkpoint, save_checkpoint
 from searchprune.config import DataConfig, PruneConfig, ThreatModel, to_dict
-from searchprune.data import BatchLoader, Splits, make_splits
+from searchprune.data import make_splits
 from searchprune.errors import ConfigError
 from searchprune.macs import count_dense_macs, count_macs, count_params
-from searchprune.models import build_model
 from searchprune.prune import keep_fraction_from_compression, prunable_layers, prune_, weight_param
-from searchprune.train import train_
+from searchprune.train import train_base_model
 from searchprune.trial import TrialContext, run_trial
 
 from .core import Base, Row, Setup, append_result, load_results, pending_rows, row_fingerprint
 
 __all__ = ["base_path", "ensure_base", "make_context", "mac_ratio", "match_mac_ratio", "compression_sparsity",
-           "run_rows", "model_record"]
-
-
-def model_record(base: Base, splits: Splits) -> dict[str, Any]:
-    """The ``model`` and ``dataset`` records of a checkpoint's metadata (what ``load_checkpoint`` rebuilds)."""
-    info = splits.info
-    return {
-        "model": {"arch": base.model.arch, "factory": base.model.factory, "kwargs": dict(base.model.kwargs)},
-        "dataset": {"name": info.name, "num_classes": info.num_classes, "in_channels": info.in_channels,
-                    "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std)},
-    }
+           "run_rows"]
 
 
 def base_path(bases_dir: Path, base: Base, data: DataConfig, threat: ThreatModel) -> Path:
@@ -59,22 +48,22 @@ def base_path(bases_dir: Path, base: Base, data: DataConfig, threat: ThreatModel
 def ensure_base(base: Base, data: DataConfig, threat: ThreatModel, path: Path, *,
                 device: torch.device, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
     """Loads the base checkpoint at ``path``, or trains it (``base.train`` on ``base.train_size``
-    training images) and saves it there first."""
+    training images, through ``train_base_model``: the code path of ``searchprune train``),
+    measures it on the test images and saves it there first."""
     if path.exists():
         return load_checkpoint(path)
-    splits = make_splits(DataConfig(dataset=data.dataset, data_dir=data.data_dir, download=data.download,
-                                    val_size=0, train_size=base.train_size, test_size=data.test_size, seed=0))
-    seed_everything(base.train.seed)
-    model = build_model(base.model, splits.info).to(device)
+    base_data = DataConfig(dataset=data.dataset, data_dir=data.data_dir, download=data.download, val_size=0,
+                           train_size=base.train_size, test_size=data.test_size, eval_batch_size=data.eval_batch_size,
+                           seed=0)
+    splits = make_splits(base_data)
     log(f"training base {base.name!r} ({base.train.recipe}, {base.train.epochs:g} epochs on "
         f"{len(splits.train)} images) -> {path}")
-    t0 = time.perf_counter()
-    history = train_(model, BatchLoader(splits.train, base.train.batch_size, shuffle=True, seed=base.train.seed,
-                                        device=device), base.train, threat=threat)
-    meta = {**model_record(base, splits), "recipe": to_dict(base.train), "threat": to_dict(threat),
-            "metrics": {"train_seconds": time.perf_counter() - t0, "train_images": len(splits.train),
-                        "history": history}}
+    model, meta = train_base_model(base.model, base.train, splits, data=base_data, threat=threat, device=device,
+                                   eval_split="test")
+    meta["metrics"]["train_images"] = len(splits.train)
     save_checkpoint(path, model, meta)
+    log(f"base {base.name!r}: test clean {meta['metrics']['test_clean_acc']:.4f}, PGD "
+        f"{meta['metrics']['test_pgd_acc']:.4f} ({meta['metrics']['train_seconds']:.0f} s)")
     return load_checkpoint(path)
 
 
