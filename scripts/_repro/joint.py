@@ -118,7 +118,9 @@ def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n
     lines = ["## Joint search: `studies/fmnist_full.yaml` with every seed recipe enqueued", "",
              f"Command: `{command}`", "",
              f"Mode: {'**--quick**' if quick else 'full'}; {n_done} of {cfg.n_trials} trials finished; "
-             f"{len(recs)} trials replayed on {cfg.data.test_size or 10000} test images.", "",
+             f"{len(recs)} trials replayed on {cfg.data.test_size or 10000} test images: the recipes and the "
+             f"{sum(r['val_front'] for r in recs)} trial(s) of the feasible validation front (constraints: "
+             f"{to_dict(cfg.constraints)}).", "",
              f"- Recipes enqueued: {', '.join(cfg.baselines)}." + (
                  f" **Not enqueued (no such baseline yet): {', '.join(missing)}.**" if missing else ""),
              "- The search selects on validation images; every number below is the trial replayed (same params and "
