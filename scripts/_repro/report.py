@@ -135,8 +135,13 @@ seeds (seeds vary pruning randomness, calibration and fine-tuning order; each ba
 Where a section says **--quick** or **partial**, its numbers come from CPU-sized settings (fewer
 fine-tuning images and epochs, fewer test images, shortened base training) or from a run stopped
 before all rows finished: they show the machinery and the direction of each effect, not the papers'
-full-budget numbers. Full runs: the same command without `--quick` (hours on a CPU; the CIFAR-10
-studies in `studies/` are meant for a CUDA machine).
+full-budget numbers. Full runs: the same command without `--quick` (hours on a CPU).
+
+CIFAR-10 versions of the studies, runnable unchanged on a CUDA machine (`searchprune study create --config F`
+then `searchprune study optimize`; each validates at creation): `studies/adver_fine_cifar10.yaml` (seed 001,
+ResNet-20), `studies/gap_cifar10.yaml` (000, ResNet-20), `studies/in_train_cifar10.yaml` (002, ResNet-20, L1-filter
+at matching MAC ratios), `studies/hydra_cifar10.yaml` (003, VGG-16), `studies/mrpf_cifar10.yaml` (004, ResNet-20).
+None of them was run in this session (no GPU was available); every table below ran on CPU, as its section says.
 """
 
 
