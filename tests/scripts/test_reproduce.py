@@ -187,3 +187,13 @@ def test_joint_config_enqueues_every_recipe_it_has(tmp_path: Path) -> None:
     assert names == set(joint.RECIPES) - set(missing)
     assert set(missing) == set(joint.RECIPES) - set(list_baselines())
     assert cfg.data.test_size == 500 and cfg.n_trials > len(cfg.baselines)
+
+
+def test_plot_needs_two_points_of_a_series(tmp_path: Path) -> None:
+    plan = papers.make_plan("001", quick=True, seeds=[0])
+    one = core.Cell("sweep", "standard", "L1-filter 0.5", "AFT", 0.5, False, {"clean_acc": (0.8,), "pgd_acc": (0.7,)},
+                    series="standard base, L1-filter + AFT")
+    assert report.plot_plan(plan, [one], tmp_path / "a.png") is None
+    two = dataclasses.replace(one, method="L1-filter 0.9", x=0.9)
+    path = report.plot_plan(plan, [one, two], tmp_path / "b.png")
+    assert path is not None and path.stat().st_size > 1000
