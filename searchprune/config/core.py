@@ -123,8 +123,10 @@ class PruneConfig:
     """
 
     method: str = "magnitude"
-    granularity: Literal["weight", "kernel", "channel"] = "weight"
-    allocation: Literal["global", "uniform", "mrs", "per_layer", "learned"] = "global"
+    # Names checked by the pruning method's ``check`` (prune.GRANULARITIES, prune.list_allocations()),
+    # the one list of each, at `study create` and in ``prune_``.
+    granularity: str = "weight"
+    allocation: str = "global"
     sparsity: float | None = 0.5
     compression: float | None = None
     layer_sparsity: Mapping[str, float] | None = None

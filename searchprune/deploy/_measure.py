@@ -132,7 +132,8 @@ def shape_signature(model: nn.Module, example_input: torch.Tensor) -> list[list[
     return order
 
 
-def signature_key(kind: str, model: nn.Module, example_input: torch.Tensor, **settings: Any) -> tuple[str, dict[str, Any]]:
+def signature_key(kind: str, model: nn.Module, example_input: torch.Tensor,
+                  **settings: Any) -> tuple[str, dict[str, Any]]:
     """``(sha1 key, signature)`` of a measurement ``kind`` of ``model`` under ``settings``.
 
     The signature adds to :func:`shape_signature` the model class, its other leaf module kinds

@@ -11,8 +11,8 @@ from torch import nn
 from searchprune.config import PruneConfig, QuantConfig
 from searchprune.deploy import dense_macs, layer_storage, size_bytes
 from searchprune.errors import ConfigError
-from searchprune.models.macs import count_macs
 from searchprune.models import create_model
+from searchprune.models.macs import count_macs
 from searchprune.prune import prune_
 from searchprune.quantize import quantize_
 

@@ -65,5 +65,5 @@ def test_conditional_options_and_method_allocations_pass():
 
 
 def test_unknown_sampler_is_refused():
-    with pytest.raises(ConfigError, match="sampler"):
+    with pytest.raises(ConfigError, match="sampler.name: unknown value 'cmaes'; expected one of: gp, nsga2"):
         validate_study(_cfg({}, sampler={"name": "cmaes"}))
