@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchprune._torch import get_device, seed_everything
+from searchprune._torch import count_params, get_device, seed_everything
 from searchprune.checkpoint import load_checkpoint, save_checkpoint
 from searchprune.config import DataConfig, PruneConfig, ThreatModel, to_dict
 from searchprune.data import make_splits
 from searchprune.errors import ConfigError
-from searchprune.macs import count_dense_macs, count_macs, count_params
+from searchprune.models.macs import count_dense_macs, count_macs
 from searchprune.prune import keep_fraction_from_compression, prunable_layers, prune_, weight_param
 from searchprune.train import train_base_model
 from searchprune.trial import TrialContext, run_trial
