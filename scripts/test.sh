@@ -4,6 +4,8 @@
 # their service cannot be installed. Extra arguments go to pytest (e.g. -m "not slow").
 source "$(dirname "$0")/_env.sh"
 setup_env "dev"
+# independent attack implementations for the AutoAttack cross-checks; --no-deps: a plain install pulls a CUDA torch
+python -m pip install -q --no-deps torchattacks==3.5.1 || echo "[test] torchattacks unavailable: its cross-checks will skip"
 ensure_fmnist || echo "[test] Fashion-MNIST unavailable: its tests will skip"
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
   || apt_install postgresql || echo "[test] PostgreSQL unavailable: its tests will skip"

@@ -4,6 +4,7 @@
     searchprune study optimize --name N [--storage URL] [--n-trials K] [--workers W]
     searchprune study show | pareto | plots | dashboard  --name N [--storage URL]
     searchprune study export   --name N (--trial T | --rule RULE) --out DIR
+    searchprune study report   --name N --out DIR
     searchprune train --config train.yaml
     searchprune eval DIR
 
@@ -143,6 +144,16 @@ def cmd_study_plots(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_report(a: argparse.Namespace) -> int:
+    from .search import load_study, resolve_storage, write_report  # lazy: keeps --help fast
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, _ = load_study(name, storage)
+    path = write_report(study, a.out, rules=a.rule or None, interactive=not a.no_interactive)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained: opens offline)")
+    return 0
+
+
 # ---- train / eval --------------------------------------------------------------------------
 
 
@@ -234,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(p)
     p.add_argument("--out", help="output directory (default: OUTPUT_DIR/plots)")
     p.set_defaults(fn=cmd_study_plots)
+
+    p = ss.add_parser("report", help="write one self-contained HTML report (figures, Pareto table, flags, setup)")
+    _study_args(p)
+    p.add_argument("--out", required=True, help="directory for report.html")
+    p.add_argument("--rule", action="append", help="an export rule to answer (repeatable; default: a few "
+                                                   "standard ones, e.g. 'max robust_acc where mac_ratio <= 0.5')")
+    p.add_argument("--no-interactive", action="store_true",
+                   help="PNG figures only (leaves out the ~4 MB of inlined plotly JavaScript)")
+    p.set_defaults(fn=cmd_study_report)
 
     p = sub.add_parser("train", help="train a base model from a YAML config")
     p.add_argument("--config", required=True)

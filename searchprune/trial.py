@@ -68,6 +68,7 @@ class TrialContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     eval_batch_size: int = 256
     cache_dir: Path | None = None
+    progress: bool = False  # fine-tuning reports progress (searchprune._progress: bar or 30 s lines)
     # transfer examples crafted once on the dense model, reused by every trial: (x_adv, y) batches
     _transfer: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
@@ -173,7 +174,7 @@ def _finetune(model: nn.Module, params: TrialParams, ctx: TrialContext, report: 
         # The rest of the budget; the schedule restarts, which is exact for the constant schedule.
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs - gate.epochs, seed=cfg.seed + 1)
         loader = ctx.train_loader(cfg.batch_size, seed=cfg.seed)
-    train_(model, loader, cfg, threat=ctx.threat)
+    train_(model, loader, cfg, threat=ctx.threat, progress=ctx.progress)
 
 
 def run_trial(params: TrialParams, ctx: TrialContext, *, report: Report | None = None) -> TrialResult:

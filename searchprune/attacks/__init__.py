@@ -14,8 +14,11 @@ from __future__ import annotations
 
 # Importing each attack module registers its attacks; adding an attack = one module + one line.
 from . import apgd as _apgd_module  # noqa: F401
+from . import autoattack as _autoattack_module  # noqa: F401
+from . import fab as _fab_module  # noqa: F401
 from . import fgsm as _fgsm_module  # noqa: F401
 from . import pgd as _pgd_module  # noqa: F401
+from . import pgd_scaled as _pgd_scaled_module  # noqa: F401
 from . import square as _square_module  # noqa: F401
 from . import transfer as _transfer_module  # noqa: F401
 from ._base import (

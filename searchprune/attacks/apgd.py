@@ -1,5 +1,14 @@
-"""APGD-CE: Auto-PGD with the cross-entropy loss (Croce & Hein, ICML 2020, "Reliable evaluation of
-adversarial robustness with an ensemble of diverse parameter-free attacks"), L-inf and L2.
+"""APGD: Auto-PGD (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks"), L-inf and L2, with three losses:
+
+* ``"ce"``: cross-entropy (APGD-CE);
+* ``"dlr"``: the Difference of Logits Ratio ``-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)``, with
+  ``z_pi1 >= z_pi2 >= ...`` the sorted logits: invariant to shifting and rescaling the logits, so a
+  saturated softmax (a temperature, defensive distillation) cannot hide the gradient (APGD-DLR);
+* ``"dlr-targeted"``: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` towards a target class ``t``,
+  run once for each of the ``n_targets`` most likely wrong classes of the clean input (the 2nd,
+  3rd, ... largest clean logit), each run attacking only the examples no earlier run fooled
+  (APGD-T; AutoAttack uses 9 targets, 100 iterations and 1 restart each).
 
 PGD needs a step size, and a badly chosen one makes a model look more robust than it is. APGD
 replaces it with a budget-aware schedule:
@@ -41,13 +50,13 @@ from ._base import (
     eval_mode,
     fast_layout,
     input_grad,
-    predict,
     project,
     register_attack,
 )
 
-__all__ = ["apgd", "apgd_checkpoints"]
+__all__ = ["apgd", "apgd_checkpoints", "dlr_loss", "dlr_targeted_loss", "LOSSES"]
 
+LOSSES = ("ce", "dlr", "dlr-targeted")
 MOMENTUM = 0.75  # weight of the new gradient step; 1 - MOMENTUM goes to the previous move
 
 
@@ -94,14 +103,42 @@ def _seeded_start(x: torch.Tensor, *, norm: str, eps: float, clamp: bool,
     return x0.clamp(0.0, 1.0) if clamp else x0
 
 
-def _loss_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
-               precision: Precision) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example CE loss (b,), its input gradient (b, ...) and the predicted labels (b,)."""
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Untargeted DLR loss per example (b,): ``-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)``.
+
+    Positive once the example is misclassified; needs at least 3 classes.
+    """
+    z_sorted = logits.sort(dim=1).values  # (b, C) ascending
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_other = logits.scatter(1, y[:, None], -float("inf")).amax(dim=1)
+    return -(z_y - z_other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss per example (b,): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``.
+
+    Needs at least 4 classes.
+    """
+    z_sorted = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12)
+
+
+def _loss_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, precision: Precision, loss_name: str,
+               target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example loss (b,), its input gradient (b, ...) and the predicted labels (b,)."""
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         with autocast(x_adv.device, precision):
             logits = model(x_adv).float()  # (b, classes)
-        loss = F.cross_entropy(logits, y, reduction="none")  # (b,)
+        if loss_name == "ce":
+            loss = F.cross_entropy(logits, y, reduction="none")  # (b,)
+        elif loss_name == "dlr":
+            loss = dlr_loss(logits, y)
+        else:
+            assert target is not None
+            loss = dlr_targeted_loss(logits, y, target)
         # the sum's gradient w.r.t. x is each example's own gradient: rows do not interact
         grad = input_grad(loss.sum(), x_adv)
     return loss.detach(), grad.detach(), logits.detach().argmax(dim=1)
@@ -115,9 +152,10 @@ def _ascent(x_adv: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor, norm: st
 
 
 def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
-              rho: float, clamp: bool, gen: torch.Generator,
-              precision: Precision) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One APGD run from a random start; the model is already in eval mode.
+              rho: float, clamp: bool, gen: torch.Generator, precision: Precision, loss_name: str = "ce",
+              target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start; the model is already in eval mode. ``target`` (b,) holds
+    the target classes of ``loss_name == "dlr-targeted"``.
 
     Returns:
         ``(x_out, fooled, best_loss)``: per example the first fooling iterate if any (``fooled``
@@ -127,7 +165,7 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     ckpts = set(apgd_checkpoints(steps))
 
     x_k = _seeded_start(x, norm=norm, eps=eps, clamp=clamp, gen=gen)  # x^(0)
-    f_k, g_k, pred = _loss_grad(model, x_k, y, precision)
+    f_k, g_k, pred = _loss_grad(model, x_k, y, precision, loss_name, target)
     x_out = x_k.clone()  # the answer per example; fooled rows are final
     fooled = pred != y
     best_loss = f_k.clone()
@@ -137,6 +175,7 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     alive = ~fooled
     idx = torch.arange(n, device=x.device)[alive]
     xo, ya = x[alive], y[alive]  # clean inputs and labels
+    ta = None if target is None else target[alive]
     x_k, f_k, g_k = x_k[alive], f_k[alive], g_k[alive]
     x_prev = x_k  # x^(k-1); the first step has no momentum, so its value is unused then
     x_max, f_max, g_max = x_k.clone(), f_k.clone(), g_k.clone()  # best point, loss and gradient
@@ -155,7 +194,7 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         else:
             x_new = project(x_k + MOMENTUM * (z - x_k) + (1 - MOMENTUM) * (x_k - x_prev), xo,
                             norm=norm, eps=eps, clamp=clamp)
-        f_new, g_new, pred = _loss_grad(model, x_new, ya, precision)
+        f_new, g_new, pred = _loss_grad(model, x_new, ya, precision, loss_name, ta)
 
         n_up += (f_new > f_k).long()
         better = f_new > f_max
@@ -182,6 +221,7 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             fooled[idx[hit]] = True
             keep = ~hit
             idx, xo, ya, eta, n_up = idx[keep], xo[keep], ya[keep], eta[keep], n_up[keep]
+            ta = None if ta is None else ta[keep]
             x_k, x_prev, f_k, g_k = x_k[keep], x_prev[keep], f_k[keep], g_k[keep]
             x_max, f_max, g_max = x_max[keep], f_max[keep], g_max[keep]
             f_max_ckpt, halved_ckpt = f_max_ckpt[keep], halved_ckpt[keep]
@@ -194,8 +234,8 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
 @torch.enable_grad()  # an attack needs input gradients even when called under no_grad
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
          steps: int = 100, restarts: int = 1, rho: float = 0.75, seed: int = 0, clamp: bool = True,
-         precision: Precision = "fp32") -> torch.Tensor:
-    """Untargeted APGD-CE adversarial examples.
+         precision: Precision = "fp32", loss: str = "ce", n_targets: int = 9) -> torch.Tensor:
+    """APGD adversarial examples: APGD-CE (default), APGD-DLR or APGD-T (targeted DLR).
 
     Args:
         model: classifier taking [0, 1] inputs; put in eval mode for the attack, modes restored.
@@ -205,19 +245,24 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
         eps: radius of the L-inf / L2 ball on the [0, 1] pixel scale.
         norm: "linf" or "l2".
         steps: iterations per restart (each one forward and one backward pass).
-        restarts: independent random starts; later ones attack only examples not fooled yet.
+        restarts: independent random starts (per target class with "dlr-targeted"); later ones
+            attack only examples not fooled yet.
         rho: condition-1 threshold: halve the step size when fewer than this fraction of the
             steps since the last checkpoint increased the loss.
         seed: seeds a private generator for the random starts (the global RNG is untouched), so
             the result is a function of the inputs and the seed.
         clamp: keep inputs in [0, 1].
         precision: "fp32" (default, the honest reference) or "bf16" autocast for speed.
+        loss: "ce", "dlr" (needs >= 3 classes) or "dlr-targeted" (needs >= 4 classes).
+        n_targets: with "dlr-targeted", how many of the most likely wrong classes to target in
+            turn (capped at classes - 1); AutoAttack uses 9. Ignored by the other losses.
 
     Returns:
         ``x_adv`` with the shape of ``x``, detached, within the ball (and [0, 1] if ``clamp``).
 
     Raises:
-        ConfigError: a bad norm, eps, steps, restarts, rho or precision.
+        ConfigError: a bad norm, eps, steps, restarts, rho, precision, loss or n_targets, or too
+            few classes for the DLR loss.
 
     Example:
         >>> x_adv = apgd(model, x, y, eps=8 / 255, steps=100)
@@ -229,6 +274,10 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
                           f"steps={steps}, restarts={restarts}, rho={rho}")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"apgd precision: expected 'fp32' or 'bf16', got {precision!r}")
+    if loss not in LOSSES:
+        raise ConfigError(f"apgd loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    if n_targets < 1:
+        raise ConfigError(f"apgd n_targets: expected >= 1, got {n_targets}")
     x = x.detach()
     if eps == 0 or len(x) == 0:
         return x.clone()
@@ -236,19 +285,31 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     gen.manual_seed(seed)
     xl = fast_layout(x)
     with eval_mode(model), conv_layout(model):
+        with torch.no_grad(), autocast(x.device, precision):
+            clean_logits = model(xl).float()  # (B, C)
+        classes = clean_logits.shape[1]
+        need = {"ce": 2, "dlr": 3, "dlr-targeted": 4}[loss]
+        if classes < need:
+            raise ConfigError(f"apgd loss {loss!r}: needs at least {need} classes, the model has {classes}")
         x_best = xl.clone()  # misclassified clean inputs stay as they are
-        todo = torch.nonzero(predict(model, xl, precision=precision) == y).flatten()  # rows to attack
+        todo = torch.nonzero(clean_logits.argmax(dim=1) == y).flatten()  # rows to attack
         best_loss = torch.full((len(x),), -float("inf"), device=x.device)
-        for _ in range(restarts):
-            if len(todo) == 0:
-                break
-            x_r, fooled, loss_r = _apgd_run(model, xl[todo], y[todo], eps=eps, norm=norm, steps=steps,
-                                            rho=rho, clamp=clamp, gen=gen, precision=precision)
-            # fooling inputs always win; otherwise keep the restart that reached the higher loss
-            take = fooled | (loss_r > best_loss[todo])
-            x_best[todo[take]] = x_r[take]
-            best_loss[todo] = torch.maximum(best_loss[todo], loss_r)
-            todo = todo[~fooled]
+        # target class of each run: the 2nd, 3rd, ... most likely class of the clean input
+        ranked = clean_logits.argsort(dim=1, descending=True)  # (B, C)
+        ranks = range(1, min(n_targets, classes - 1) + 1) if loss == "dlr-targeted" else [None]
+        for rank in ranks:
+            for _ in range(restarts):
+                if len(todo) == 0:
+                    break
+                target = None if rank is None else ranked[todo, rank]
+                x_r, fooled, loss_r = _apgd_run(model, xl[todo], y[todo], eps=eps, norm=norm, steps=steps,
+                                                rho=rho, clamp=clamp, gen=gen, precision=precision,
+                                                loss_name=loss, target=target)
+                # fooling inputs always win; otherwise keep the restart that reached the higher loss
+                take = fooled | (loss_r > best_loss[todo])
+                x_best[todo[take]] = x_r[take]
+                best_loss[todo] = torch.maximum(best_loss[todo], loss_r)
+                todo = todo[~fooled]
     return x_best.contiguous()
 
 
@@ -257,8 +318,26 @@ def apgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
                 **options: object) -> torch.Tensor:
     """Registered APGD-CE: the threat model's norm, eps and clamp, 100 steps, one restart.
 
-    ``options`` (``steps``, ``restarts``, ``rho``, ``seed``, ``precision``) go to :func:`apgd`; the
-    threat model's PGD ``alpha`` / ``steps`` are ignored because APGD sets its own step sizes.
+    ``options`` (``steps``, ``restarts``, ``rho``, ``seed``, ``precision``, ``loss``, ``n_targets``)
+    go to :func:`apgd`; the threat model's PGD ``alpha`` / ``steps`` are ignored because APGD sets
+    its own step sizes.
     """
     kw = dict(eps=threat.eps, norm=threat.norm, clamp=threat.clamp)
     return call_with_options(apgd, "apgd", kw, dict(options), model, x, y)
+
+
+@register_attack("apgd_dlr")
+def apgd_dlr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                    **options: object) -> torch.Tensor:
+    """Registered APGD-DLR (untargeted, scale-invariant loss): as ``"apgd"`` with ``loss="dlr"``."""
+    kw = dict(eps=threat.eps, norm=threat.norm, clamp=threat.clamp, loss="dlr")
+    return call_with_options(apgd, "apgd_dlr", kw, dict(options), model, x, y)
+
+
+@register_attack("apgd_t")
+def apgd_t_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                  **options: object) -> torch.Tensor:
+    """Registered APGD-T as in AutoAttack: targeted DLR over the 9 most likely wrong classes (or
+    classes - 1), 100 steps and one restart per target; ``options`` go to :func:`apgd`."""
+    kw = dict(eps=threat.eps, norm=threat.norm, clamp=threat.clamp, loss="dlr-targeted", n_targets=9)
+    return call_with_options(apgd, "apgd_t", kw, dict(options), model, x, y)

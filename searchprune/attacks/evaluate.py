@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._progress import Progress
 from .._torch import eval_mode, model_device
 from ..config import ThreatModel
 from ..errors import ConfigError
@@ -131,9 +132,18 @@ def transfer_accuracy(model: nn.Module, source: nn.Module, loader: Batches, thre
     crafted = ((transfer_examples(source, x, y, threat, **options), y)
                for x, y in iter_batches(model, loader, max_images))
     return accuracy_on_batches(model, crafted)
+def _n_images(loader: Batches, max_images: int | None) -> int | None:
+    """Images the loader will yield, when it says (a BatchLoader's ``num_images``)."""
+    n = getattr(loader, "num_images", None)
+    if not isinstance(n, int):
+        return max_images
+    return n if max_images is None else min(n, max_images)
+
+
 def evaluate(model: nn.Module, loader: Batches, threat: ThreatModel, *,
              attacks: Iterable[str] = ("pgd",), max_images: int | None = None,
-             source: nn.Module | None = None, precision: Precision = "fp32") -> EvalResult:
+             source: nn.Module | None = None, precision: Precision = "fp32", progress: bool = False,
+             desc: str = "evaluate") -> EvalResult:
     """Clean, per-attack, worst-case and (optionally) transfer accuracy in one pass over the data.
 
     Args:
@@ -146,6 +156,10 @@ def evaluate(model: nn.Module, loader: Batches, threat: ThreatModel, *,
             compressed model that resists white-box PGD but not these examples masks gradients.
         precision: passed to every attack (and the transfer crafting); "bf16" crafts faster on
             CPUs with bf16 support. Accuracies are always scored in fp32.
+        progress: report progress in images (a bar on a terminal, a line at least every 30 s
+            otherwise: :class:`searchprune._progress.Progress`), for the long strong-attack runs
+            of certification and export.
+        desc: the name on the progress bar or line.
 
     Returns:
         An :class:`EvalResult`.
@@ -157,7 +171,9 @@ def evaluate(model: nn.Module, loader: Batches, threat: ThreatModel, *,
     extra = {} if precision == "fp32" else {"precision": precision}  # custom attacks may lack it
     clean = worst = transfer = total = 0
     robust = dict.fromkeys(names, 0)
-    with eval_mode(model), conv_layout(model):
+    bar = Progress(_n_images(loader, max_images), f"{desc}[{','.join(names) or 'clean'}]", unit="img",
+                   enabled=progress)
+    with bar, eval_mode(model), conv_layout(model):
         for x, y in iter_batches(model, loader, max_images):
             ok = predict(model, x) == y  # (B,) bool
             clean += int(ok.sum())
@@ -171,6 +187,7 @@ def evaluate(model: nn.Module, loader: Batches, threat: ThreatModel, *,
                 x_tr = transfer_examples(source, x, y, threat, **extra)
                 transfer += int((predict(model, x_tr) == y).sum())
             total += len(y)
+            bar.update(len(y), images=len(y), clean=clean / total, worst=worst / total)
     frac = (lambda c: c / total) if total else (lambda c: 0.0)
     return EvalResult(clean=frac(clean), robust={k: frac(v) for k, v in robust.items()}, worst=frac(worst),
                       transfer=None if source is None else frac(transfer), n=total)

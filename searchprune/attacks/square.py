@@ -13,8 +13,10 @@ Algorithm (per example, vectorized over the batch):
   ``min(H, W) - 1``) and set it, per channel, to ``x +/- eps`` with a random sign; keep the candidate
   only if the margin went down. Candidates that would not change the current image are redrawn;
 * ``p_i`` (the fraction of pixels changed) follows the paper's piecewise-constant schedule,
-  written for 10,000 queries and rescaled to the budget: ``p_init`` halved at 10, 50, 200, 500,
-  1000, 2000, 4000, 6000 and 8000 (of 10,000);
+  written for 10,000 queries: ``p_init`` halved at iterations 10, 50, 200, 500, 1000, 2000, 4000,
+  6000 and 8000. By default it is rescaled to the budget (iteration ``i`` of ``queries`` reads the
+  schedule at ``i / queries * 10,000``), which suits small budgets; AutoAttack runs 5,000 queries
+  with ``p_init = 0.8`` on the unscaled schedule (``rescale_schedule=False``), as its code does;
 * only examples still classified correctly are queried; fooled ones keep their fooling input.
 
 Queries: ``queries`` counts model calls per example including the stripe initialisation (one extra
@@ -47,15 +49,17 @@ _P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (40
                (8000, 256))
 
 
-def square_p_schedule(p_init: float, it: int, queries: int) -> float:
+def square_p_schedule(p_init: float, it: int, queries: int, rescale: bool = True) -> float:
     """Fraction of pixels changed at iteration ``it`` of ``queries``: the paper's schedule for
-    10,000 queries, rescaled to ``queries``.
+    10,000 queries, rescaled to ``queries`` unless ``rescale`` is False.
 
     Example:
         >>> square_p_schedule(0.8, 1, 10_000), square_p_schedule(0.8, 100, 10_000)
         (0.8, 0.2)
+        >>> square_p_schedule(0.8, 100, 5_000), square_p_schedule(0.8, 100, 5_000, rescale=False)
+        (0.1, 0.2)
     """
-    it_10k = int(it / queries * 10_000)
+    it_10k = int(it / queries * 10_000) if rescale else it
     for bound, div in _P_SCHEDULE:
         if it_10k <= bound:
             return p_init / div
@@ -78,7 +82,7 @@ def _signs(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> 
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, queries: int = 300,
            p_init: float = 0.8, seed: int = 0, clamp: bool = True,
-           precision: Precision = "fp32") -> torch.Tensor:
+           precision: Precision = "fp32", rescale_schedule: bool = True) -> torch.Tensor:
     """Untargeted L-inf Square Attack adversarial examples (gradient-free).
 
     Args:
@@ -92,6 +96,8 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, qu
         seed: seeds a private generator (the global RNG is untouched).
         clamp: keep inputs in [0, 1].
         precision: "fp32" (default) or "bf16" autocast for speed.
+        rescale_schedule: stretch the 10,000-query schedule of ``p`` to ``queries`` (default);
+            False reads it at the raw iteration number, as AutoAttack's 5,000-query Square does.
 
     Returns:
         ``x_adv`` with the shape of ``x``: every entry within ``eps`` of ``x`` (and in [0, 1] if
@@ -146,7 +152,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, qu
                 break
             b = len(act)
             xc, xb = x[act], x_best[act]  # clean and current best (b, C, H, W)
-            p = square_p_schedule(p_init, it, queries)
+            p = square_p_schedule(p_init, it, queries, rescale_schedule)
             side = min(max(int(round(math.sqrt(p * h * w))), 1), max_side)
             # a random side x side window per example, as a (b, 1, H, W) mask
             top = torch.randint(0, h - side + 1, (b,), generator=gen, device=x.device)
@@ -180,7 +186,8 @@ def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Th
                   **options: object) -> torch.Tensor:
     """Registered Square Attack: the threat model's eps and clamp, 300 queries.
 
-    ``options`` (``queries``, ``p_init``, ``seed``, ``precision``) go to :func:`square`.
+    ``options`` (``queries``, ``p_init``, ``seed``, ``precision``, ``rescale_schedule``) go to
+    :func:`square`.
 
     Raises:
         ConfigError: the threat model is not L-inf (only the L-inf Square Attack is implemented).

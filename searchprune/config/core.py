@@ -221,12 +221,16 @@ class DataConfig:
                f"expected >= 1, got {self.batch_size} / {self.eval_batch_size}")
 
 
+DEFAULT_ARCH = "cnn8"  # the model when a config names neither arch nor factory
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The dense model a study compresses.
 
     Attributes:
-        arch: name in ``searchprune.models.list_models()``; or ``factory`` instead.
+        arch: name in ``searchprune.models.list_models()``; or ``factory`` instead. With neither
+            given it is ``"cnn8"``; with ``factory`` alone it stays None (giving both is the error).
         factory: "package.module:function" returning an ``nn.Module`` for a user's own model.
         kwargs: extra keyword arguments for the constructor.
         checkpoint: base checkpoint path (relative paths resolve against the study's output_dir).
@@ -234,7 +238,7 @@ class ModelConfig:
         train: the recipe that trains the base model when the checkpoint does not exist.
     """
 
-    arch: str | None = "cnn8"
+    arch: str | None = None
     factory: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
@@ -242,8 +246,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", _frozen_map(self.kwargs))
-        _check((self.arch is None) != (self.factory is None), "model",
-               f"give exactly one of arch and factory, got arch={self.arch!r}, factory={self.factory!r}")
+        _check(self.arch is None or self.factory is None, "model",
+               f"give one of arch and factory, not both: got arch={self.arch!r}, factory={self.factory!r}")
+        if self.arch is None and self.factory is None:
+            object.__setattr__(self, "arch", DEFAULT_ARCH)
         if self.factory is not None:
             _check(":" in self.factory, "model.factory",
                    f"expected 'package.module:function', got {self.factory!r}")

@@ -5,7 +5,8 @@
 - :mod:`.study`: validation at ``study create``, creation and loading;
 - :mod:`.objective`: the Optuna objective (suggest, run the core, store attrs, checkpoints, artifacts);
 - :mod:`.optimize`: one process or several workers sharing the storage;
-- :mod:`.reports`, :mod:`.export`, :mod:`.plots`: what a study found, a chosen model, figures.
+- :mod:`.reports`, :mod:`.export`, :mod:`.plots` (:mod:`.plot_data`), :mod:`.report`: what a study found,
+  a chosen model, figures, the one-page HTML report.
 
 Layering: this package imports :mod:`searchprune.trial` and below, never the CLI.
 """
@@ -17,6 +18,7 @@ from .export import ExportMismatch, Rule, evaluate_export, export_trial, load, p
 from .objective import Objective, build_context, ensure_base_model, prunable_layer_names
 from .optimize import WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
+from .report import write_report
 from .reports import (
     TABLE_COLUMNS,
     format_table,
@@ -65,5 +67,5 @@ __all__ = [
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
-    "ExportMismatch", "PROJECTIONS", "figures", "write_plots",
+    "ExportMismatch", "PROJECTIONS", "figures", "write_plots", "write_report",
 ]

@@ -16,10 +16,14 @@ An export directory holds:
   pruned and quantized models included);
 - ``model_plain.pt2`` (``torch.export``; load with ``torch.export.load(p).module()``), or
   ``model_plain.ts`` (TorchScript) when torch.export cannot trace the model: plain PyTorch,
-  no searchprune needed;
-- ``model.onnx`` when the ``onnx`` package is installed;
+  no searchprune needed. It is the *deployable form* (:func:`searchprune.deploy.deployable`:
+  masks and BatchNorm folded, int8 kernels for 8-bit weights, channels_last where it measured
+  faster), checked equal in outputs to the searchprune model on test images;
+- ``model.onnx`` when the ``onnx`` package is installed (the same deployable form);
 - ``metadata.json``: study, trial, params, threat model, data config, seeds, versions, the
-  trial's validation metrics, and the test metrics export measured with the strong ensemble.
+  trial's validation metrics, the test metrics export measured with the strong ensemble, and the
+  deployable form's check, size and measured latency;
+- ``README.md``: the model card (:func:`searchprune.search.model_card.model_card`).
 
 Export re-evaluates the model on the same validation images the trial used and fails loudly when
 clean or PGD accuracy differ beyond noise; then it measures the test split.
@@ -27,10 +31,12 @@ clean or PGD accuracy differ beyond noise; then it measures the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
 import operator
+import platform
 import re
 import shutil
 import warnings
@@ -48,7 +54,9 @@ from ..attacks import evaluate
 from ..checkpoint import load_checkpoint, versions
 from ..config import DataConfig, ThreatModel, build, to_dict
 from ..data import BatchLoader, make_splits
+from ..deploy import deployable, latency_ms, size_bytes
 from ..errors import ConfigError
+from .model_card import model_card
 from .study import stored_config
 
 __all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
@@ -195,8 +203,11 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
 
 
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
-                 device: str | None = None, rule: Rule | None = None, verify: bool = True) -> dict[str, Any]:
+                 device: str | None = None, rule: Rule | None = None, verify: bool = True,
+                 progress: bool = True) -> dict[str, Any]:
     """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
+
+    ``progress`` reports the test split's strong attacks (a bar, or a line every 30 s off a terminal).
 
     Raises:
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
@@ -228,12 +239,34 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
 
     # 2. The test split, with the strong ensemble.
     test_loader = BatchLoader(splits.test, cfg.data.eval_batch_size, device=dev)
-    test = evaluate(model, test_loader, cfg.threat, attacks=tuple(dict.fromkeys(("pgd", *cfg.eval.export_attacks))))
+    test = evaluate(model, test_loader, cfg.threat, attacks=tuple(dict.fromkeys(("pgd", *cfg.eval.export_attacks))),
+                    progress=progress, desc="export test")
     test_metrics = {"clean_acc": test.clean, "worst_acc": test.worst, "n": test.n,
                     **{f"acc_{k}": v for k, v in test.robust.items()}}
 
-    example = next(iter(BatchLoader(splits.test, 2, device=torch.device("cpu"))))[0]
-    plain = _write_plain(model.cpu(), example, out)
+    # 3. The deployable form, checked against the searchprune model, written as plain PyTorch / ONNX.
+    cpu = torch.device("cpu")
+    model = model.cpu().eval()
+    example = next(iter(BatchLoader(splits.test, 2, device=cpu)))[0]
+    check_batch = next(iter(BatchLoader(splits.test, 128, device=cpu)))[0]
+    calib = BatchLoader(splits.train, 128, shuffle=True, seed=0, device=cpu)
+    calib_batches = int((meta.get("quant") or {}).get("calib_batches") or 4)
+    form = deployable(model, example_input=check_batch, channels_last="auto", calib_loader=calib,
+                      calib_batches=calib_batches)
+    deploy = {"form": dataclasses.asdict(getattr(form, "deploy_info")), **_same_outputs(model, form, check_batch)}
+    plain = _write_plain(form, example, out)
+    deploy["plain_file"] = _same_outputs(model, _load_plain(out, plain), check_batch)
+    if verify:
+        for what, res in (("deployable form", deploy), ("plain export", deploy["plain_file"])):
+            if not res["equal"]:
+                raise ExportMismatch(f"trial {trial.number}: the {what} differs from the searchprune model "
+                                     f"(max |logit difference| {res['max_abs_diff']:.3g}, predictions agree on "
+                                     f"{res['agreement']:.1%} of {res['n_checked']} test images)")
+    deploy.update({
+        "size_bytes": size_bytes(model), "latency_batch": 128, "machine": _machine(),
+        "latency_ms": latency_ms(model, example, batch_size=128, calib_loader=calib),
+        "latency_ms_batch1": latency_ms(model, example, batch_size=1, calib_loader=calib),
+    })
     metadata = {
         "study": study.study_name, "trial": trial.number, "rule": str(rule) if rule else None,
         "params": trial.params, "seed": ua.get("seed"), "values": trial.values,
@@ -243,10 +276,35 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
         "quant": meta.get("quant"), "finetune": meta.get("finetune"), "files": {"checkpoint": "model.pt", **plain},
-        "versions": versions(),
+        "deploy": deploy, "versions": versions(),
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+    (out / "README.md").write_text(model_card(json.loads(json.dumps(metadata, default=str))))
     return metadata
+
+
+def _same_outputs(model: torch.nn.Module, other: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Whether ``other`` computes ``model``'s function on ``x``: float forms to rounding (1e-4 of the
+    logits' scale), an int8 form to its quantization noise (>= 99% of the predictions agree)."""
+    with torch.no_grad():
+        a, b = model(x).float(), other(x).float()
+    diff = float((a - b).abs().max())
+    agreement = float((a.argmax(1) == b.argmax(1)).float().mean())
+    int8 = bool(getattr(getattr(other, "deploy_info", None), "int8", False))
+    scale = max(1.0, float(a.abs().max()))
+    equal = agreement >= 0.99 if int8 else diff <= 1e-4 * scale
+    return {"equal": equal, "max_abs_diff": diff, "agreement": agreement, "n_checked": len(x)}
+
+
+def _load_plain(out: Path, written: Mapping[str, str]) -> torch.nn.Module:
+    if "torch_export" in written:
+        return torch.export.load(str(out / written["torch_export"])).module()
+    return torch.jit.load(str(out / written["torchscript"]))
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
 
 
 def load(path: str | Path) -> torch.nn.Module:

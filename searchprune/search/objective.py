@@ -57,7 +57,7 @@ def build_context(cfg: StudyConfig, *, device: str | None = None,
     return TrialContext(
         base_model=model.to(dev).eval(), base_meta={k: meta[k] for k in ("model", "dataset")}, splits=splits,
         threat=cfg.threat, eval=cfg.eval, gate=cfg.gate, device=dev, eval_batch_size=cfg.data.eval_batch_size,
-        cache_dir=cfg.out_path.resolve() / "cache",
+        cache_dir=cfg.out_path.resolve() / "cache", progress=progress,
     )
 
 

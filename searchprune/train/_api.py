@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .._progress import Progress
 from .._registry import Registry
 from .._torch import model_device, seed_everything
 from ..attacks import Precision, autocast, conv_layout, fast_layout
@@ -149,7 +149,9 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
             penalty, say); the reported loss includes it.
         epoch_callback: ``epoch_callback(epoch, record)`` after each epoch; returning True stops
             training early (a multi-fidelity gate may also raise).
-        progress: show a tqdm bar with the running loss and accuracy.
+        progress: report progress (:class:`searchprune._progress.Progress`): a tqdm bar with the
+            running loss and accuracy on a terminal, a line at least every 30 s otherwise (epoch,
+            images/s, elapsed, estimate).
         precision: "fp32", or "bf16" to run forward passes (and training-time attacks) under
             bfloat16 autocast: about 2x faster on CPUs with AVX-512 bf16.
 
@@ -179,7 +181,7 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     history: list[dict[str, float]] = []
     step = 0
     flags = [(m, m.training) for m in model.modules()]
-    bar = tqdm(total=total, desc=f"train[{cfg.recipe}]", disable=not progress, leave=False)
+    bar = Progress(total, f"train[{cfg.recipe}]", enabled=progress)
     try:
         with conv_layout(model):
             model.train()
@@ -212,10 +214,9 @@ def train_(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
                     images += len(y)
                     done += 1
                     step += 1
-                    bar.update(1)
-                    if progress:
-                        bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / images:.4f}",
-                                        acc=f"{int(correct) / images:.3f}", lr=f"{lr:.2e}")
+                    if progress:  # reading the on-device sums syncs: only when someone looks
+                        bar.update(1, images=len(y), epoch=epoch, loss=float(loss_sum) / images,
+                                   acc=int(correct) / images, lr=lr)
                     if done == n_batches:  # fractional epoch or max_batches: draw no further batch
                         break
                 record = {"epoch": epoch, "loss": float(loss_sum) / max(images, 1),

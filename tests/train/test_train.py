@@ -220,10 +220,12 @@ def test_epoch_callback_can_stop_training() -> None:
     assert len(hist) == 2 and [e for e, _ in seen] == [0, 1]
 
 
-def test_progress_bar_shows_loss_and_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_shows_loss_and_accuracy(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # off a terminal (captured stderr) progress is a line per LOG_INTERVAL_S; 0 makes it one per batch
+    monkeypatch.setattr("searchprune._progress.LOG_INTERVAL_S", 0.0)
     train_(_net(), Loader(), TrainConfig(epochs=0.5), threat=THREAT, progress=True)
     err = capsys.readouterr().err
-    assert "train[standard]" in err and "loss=" in err and "acc=" in err
+    assert "train[standard]" in err and " loss " in err and " acc " in err and " img/s " in err
 
 
 def test_bf16_training_learns_too() -> None:
