@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="from_dirs", type=Path, nargs="*", default=None,
                     help="run directories for --write-results (default: every runs/repro/* with a REPORT.md)")
     ap.add_argument("--results-md", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    ap.add_argument("--preamble", type=Path, default=None, help="markdown file put after RESULTS.md's header")
     a = ap.parse_args(argv)
     try:
         if a.write_results:
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                 (d for d in Path("runs/repro").glob("*") if (d / "REPORT.md").exists()),
                 key=lambda d: (ORDER.index(d.name.split("-")[0]) if d.name.split("-")[0] in ORDER else 99, d.name))
             not_run = [(p, f"python scripts/reproduce.py --paper {p} --quick") for p in ORDER]
-            print(f"wrote {write_results_md(dirs, a.results_md, not_run=not_run)} from {len(dirs)} run(s)")
+            pre = a.preamble.read_text() if a.preamble is not None else ""
+            dest = write_results_md(dirs, a.results_md, not_run=not_run, preamble=pre)
+            print(f"wrote {dest} from {len(dirs)} run(s)")
             return 0
         if a.paper is None:
             ap.error("give --paper (or --write-results)")
@@ -79,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(a.paper, quick=a.quick, seeds=range(a.seeds))
         machine = (f"{a.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, {torch.get_num_threads()} torch "
                    f"thread(s) of {os.cpu_count()} cores, torch {torch.__version__}")
-        (out / "command.txt").write_text(command + "\n")
+        if a.report_only and (out / "command.txt").exists():  # the report names the command that ran the rows
+            command = (out / "command.txt").read_text().strip()
+        else:
+            (out / "command.txt").write_text(command + "\n")
         given = {}
         for item in a.base_checkpoint:
             name, sep, path = item.partition("=")

@@ -226,8 +226,11 @@ def plan_001(quick: bool, seeds: Sequence[int]) -> Plan:
                               sft.mean("pgd_acc") < 0.05, f"pruned + SFT PGD {_pct(sft.mean('pgd_acc'))}"))
         if rob is not None and aft is not None:
             gap = 100 * (rob.mean("pgd_acc") - aft.mean("pgd_acc"))
+            # a robust base far below the paper's 82.5% PGD is no yardstick: leave the claim undecided
+            trained = rob.mean("pgd_acc") >= 0.7
             out.append(Target("pruned standard + AFT within 5 pp of the adversarially trained dense model in PGD",
-                              gap <= 5, f"robust base {_pct(rob.mean('pgd_acc'))}, pruned + AFT "
+                              (gap <= 5) if trained else None, f"robust base {_pct(rob.mean('pgd_acc'))}"
+                              f"{'' if trained else ' (under-trained, < 70%: not a yardstick)'}, pruned + AFT "
                               f"{_pct(aft.mean('pgd_acc'))} (gap {gap:.2f} pp)"))
         return out
 

@@ -18,7 +18,7 @@ from .core import Cell, aggregate, load_results, lookup_reference, markdown_tabl
 __all__ = ["METRICS", "write_report", "plot_plan", "write_results_md"]
 
 METRICS = ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio", "sparsity")
-_MARK = {True: "met", False: "**missed**", None: "not decided (rows missing)"}
+_MARK = {True: "met", False: "**missed**", None: "not decided"}
 
 
 def _cells(out: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
