@@ -79,8 +79,9 @@ _TABLE: dict[str, Baseline] = {
                            "l1_filter", "channel", "uniform", "pgd"),
     "hydra": Baseline("HYDRA learned scores + TRADES fine-tuning (seed 003).",
                       "hydra", "weight", "learned", "trades"),
-    "mrpf": Baseline("MRS-allocated ratios + TRADES fine-tuning (seed 004).",
-                     "magnitude", "weight", "mrs", "trades"),
+    "mrpf": Baseline("Structured (channel) pruning at MRS-allocated per-layer ratios + TRADES fine-tuning (seed 004: "
+                     "MRPF compares structured pruning methods).",
+                     "magnitude", "channel", "mrs", "trades"),
     "in_train": Baseline("In-train channel masks with a MAC loss under fast adversarial training (seed 002).",
                          "in_train", "channel", "learned", "fast"),
 }
