@@ -26,11 +26,15 @@ __all__ = [
 ]
 
 
-def load(path):  # noqa: ANN001, ANN201 - thin lazy wrapper
-    """Rebuilds a model from an export directory or a searchprune checkpoint file."""
+def load(path, *, trust_factory=None):  # noqa: ANN001, ANN201 - thin lazy wrapper
+    """Rebuilds a model from an export directory or a searchprune checkpoint file.
+
+    Nothing the file names is imported or called: a model built by the user's own factory loads
+    only with ``trust_factory="module:function"`` naming exactly that factory.
+    """
     from .search.export import load as _load
 
-    return _load(path)
+    return _load(path, trust_factory=trust_factory)
 
 
 def run_trial(params, ctx, **kwargs):  # noqa: ANN001, ANN003, ANN201

@@ -7,7 +7,13 @@ A checkpoint is one ``torch.save``d dict of tensors and plain data, so it loads 
 
 ``meta`` holds the architecture (``model``: arch or factory + kwargs), the dataset record
 (``dataset``: name, classes, channels, size, mean, std), and optionally ``quant`` (the QuantConfig
-the weights were quantized with), ``prune``, ``recipe``, ``metrics``, ``threat`` and ``versions``.
+the weights were quantized with), ``prune``, ``recipe``, ``metrics``, ``threat``, ``versions`` and
+``weights_sha256`` (a content hash of the tensors, verified on load: damaged bytes that still parse
+are refused instead of evaluated).
+
+Loading never imports or calls anything a file names: a checkpoint whose ``model`` record names a
+``factory`` rebuilds only when the caller trusts that exact factory (``trust_factory=``: the
+user's own config names it, or ``--trust-factory MODULE:FN``); registered architectures otherwise.
 
 Pruned models are saved *materialized*: every weight parametrization (pruning mask, fake
 quantizer) is folded into a plain tensor, so zeros and quantization grid values are stored as
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import platform
 from collections.abc import Mapping
@@ -37,7 +44,8 @@ from .prune import resize_to_state_dict_
 from .quantize import fold_parametrizations_, quantize_
 from .train import model_record, train_base_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "materialize", "versions", "rebuild_model", "ensure_base_model"]
+__all__ = ["save_checkpoint", "load_checkpoint", "materialize", "versions", "rebuild_model", "ensure_base_model",
+           "weights_sha256"]
 
 FORMAT = 1
 
@@ -74,6 +82,16 @@ def materialize(model: nn.Module) -> nn.Module:
     return fold_parametrizations_(copy.deepcopy(model))
 
 
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> Path:
     """Saves the materialized weights of ``model`` and ``meta`` (plain data) to ``path``.
 
@@ -84,7 +102,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in materialize(model).state_dict().items()}
     # Metadata goes through JSON so only plain types reach the file (weights_only loads refuse others).
-    plain_meta = json.loads(json.dumps({**dict(meta), "versions": versions()}, default=str))
+    plain_meta = json.loads(json.dumps({**dict(meta), "versions": versions(),
+                                        "weights_sha256": weights_sha256(state)}, default=str))
     payload = {"format": FORMAT, "state_dict": state, "meta": plain_meta}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -104,7 +123,21 @@ def _read(path: Path) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is not a searchprune checkpoint (format {FORMAT}); "
             "expected a file written by `searchprune train` or `searchprune study export`"
         )
+    want = payload.get("meta", {}).get("weights_sha256")
+    if want is not None and weights_sha256(payload["state_dict"]) != want:
+        raise ConfigError(f"checkpoint {str(path)!r} is damaged: its weights do not match the sha256 "
+                          "recorded in its metadata")
     return payload
+
+
+def _check_trusted(meta: Mapping[str, Any], path: Path | None, trust_factory: str | None) -> None:
+    """Refuses a factory the file names unless the caller trusts exactly that one."""
+    factory = meta.get("model", {}).get("factory")
+    if factory is not None and factory != trust_factory:
+        where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
+        raise ConfigError(f"{where} names model.factory {factory!r}; loading never imports code a file names: "
+                          f"if you trust it, pass --trust-factory {factory} (trust_factory={factory!r} "
+                          "in Python) or name it in your own config")
 
 
 def _check_compatible(meta: Mapping[str, Any], path: Path, expect_model: Mapping[str, Any] | None,
@@ -127,12 +160,18 @@ def _check_compatible(meta: Mapping[str, Any], path: Path, expect_model: Mapping
                 )
 
 
-def rebuild_model(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+def rebuild_model(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *,
+                  trust_factory: str | None = None) -> nn.Module:
     """Builds the model described by ``meta`` and loads ``state_dict`` into it.
 
     Handles structurally pruned weights (modules are resized to the saved shapes) and fake
     quantization (re-applied from ``meta["quant"]``; quantizing grid values is idempotent).
+
+    Args:
+        trust_factory: the one ``"module:function"`` factory the caller allows ``meta`` to name;
+            any other factory is refused before anything is imported.
     """
+    _check_trusted(meta, None, trust_factory)
     ds = dict(meta["dataset"])
     info = DatasetInfo(
         name=ds["name"], num_classes=int(ds["num_classes"]), in_channels=int(ds["in_channels"]),
@@ -158,13 +197,19 @@ def rebuild_model(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor
 
 
 def load_checkpoint(path: str | Path, *, expect_model: Mapping[str, Any] | None = None,
-                    expect_dataset: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                    expect_dataset: Mapping[str, Any] | None = None,
+                    trust_factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Loads a checkpoint written by :func:`save_checkpoint`.
+
+    The weights' sha256 is verified; nothing the file names is imported or called unless
+    ``trust_factory`` names it.
 
     Args:
         expect_model: ``{"arch": ..., "factory": ...}`` the caller needs; a checkpoint of another
             architecture is refused with a clear message.
         expect_dataset: ``{"name": ..., "num_classes": ..., "in_channels": ...}``, likewise.
+        trust_factory: ``"module:function"``: the model factory the caller trusts (from the
+            user's own config or ``--trust-factory``); a file naming any other factory is refused.
 
     Returns:
         (model in eval mode on CPU, meta).
@@ -172,8 +217,9 @@ def load_checkpoint(path: str | Path, *, expect_model: Mapping[str, Any] | None 
     path = Path(path)
     payload = _read(path)
     meta = dict(payload.get("meta", {}))
+    _check_trusted(meta, path, trust_factory)
     _check_compatible(meta, path, expect_model, expect_dataset)
-    return rebuild_model(meta, payload["state_dict"]), meta
+    return rebuild_model(meta, payload["state_dict"], trust_factory=trust_factory), meta
 
 
 def ensure_base_model(path: str | Path, model_cfg: ModelConfig, splits: Splits, *, data: DataConfig,
@@ -208,7 +254,8 @@ def ensure_base_model(path: str | Path, model_cfg: ModelConfig, splits: Splits, 
     path = Path(path)
     record = model_record(model_cfg, splits.info)
     if path.exists():
-        return load_checkpoint(path, expect_model=record["model"], expect_dataset=record["dataset"])
+        return load_checkpoint(path, expect_model=record["model"], expect_dataset=record["dataset"],
+                               trust_factory=model_cfg.factory)  # the user's own config names it
     if train_cfg is None:
         raise ConfigError(f"base checkpoint {str(path)!r} does not exist and model.train is not set; "
                           "train one with `searchprune train` or add a model.train recipe")

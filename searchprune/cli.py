@@ -3,7 +3,8 @@
     searchprune study create   --config studies/fmnist_quick.yaml [--storage URL] [--name N]
     searchprune study optimize --name N [--storage URL] [--n-trials K] [--workers W]
     searchprune study show | pareto | plots | dashboard  --name N [--storage URL]
-    searchprune study export   --name N (--trial T | --rule RULE) --out DIR
+    searchprune study certify  --name N [--attacks autoattack] [--n-test K]
+    searchprune study export   --name N (--trial T | --rule RULE) --out DIR [--force]
     searchprune study report   --name N --out DIR
     searchprune train --config train.yaml
     searchprune eval DIR
@@ -16,7 +17,9 @@ traceback from deep inside torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,6 +36,11 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="storage URL (sqlite:///F, postgresql://..., a journal *.log file); "
                                      "default: runs/NAME/study.db")
     p.add_argument("--config", help="study YAML: address the study it describes")
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-factory", metavar="MODULE:FN",
+                   help="import and call this model factory if the checkpoint names it (never done otherwise)")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -65,11 +73,16 @@ def cmd_study_create(a: argparse.Namespace) -> int:
 
 
 def cmd_study_optimize(a: argparse.Namespace) -> int:
-    from .search import optimize, resolve_storage, study_summary  # lazy: keeps --help fast
+    from .search import RunFailed, optimize, resolve_storage, study_summary  # lazy: keeps --help fast
 
     name, storage = resolve_storage(a.name, a.storage, a.config)
-    study = optimize(name, storage, n_trials=a.n_trials, workers=a.workers, device=a.device,
-                     timeout=a.timeout, artifact_dir=a.artifacts, quiet=a.quiet)
+    try:
+        study = optimize(name, storage, n_trials=a.n_trials, workers=a.workers, device=a.device,
+                         timeout=a.timeout, artifact_dir=a.artifacts, quiet=a.quiet)
+    except RunFailed as e:  # the summary still shows what is stored; the exit code says the run failed
+        print(json.dumps(study_summary(e.study), indent=2, default=str))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(study_summary(study), indent=2, default=str))
     return 0
 
@@ -90,7 +103,8 @@ def cmd_study_pareto(a: argparse.Namespace) -> int:
     study, cfg = load_study(name, storage)
     rows = pareto_rows(study)
     print(f"Pareto set of {name!r}: {len(rows)} trial(s); accuracies on {cfg.eval.n_eval or 'all'} validation "
-          f"images, threat {cfg.threat.norm} eps={cfg.threat.eps:g} steps={cfg.threat.steps}")
+          f"images, threat {cfg.threat.norm} eps={cfg.threat.eps:g} steps={cfg.threat.steps} "
+          f"clamp={cfg.threat.clamp}; cost axis (third objective): {cfg.cost}")
     print(format_table(rows))
     return 0
 
@@ -111,14 +125,45 @@ def cmd_study_export(a: argparse.Namespace) -> int:
         rule = parse_rule(a.rule)
         trial = select_trial(study, rule)
     print(f"exporting trial {trial.number} to {a.out} ...", flush=True)
-    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify)
+    # a factory runs only when the user says so: --trust-factory, or the study YAML they pass names it
+    trust = a.trust_factory or (load_study_config(a.config).model.factory if a.config else None)
+    meta = export_trial(study, trial, a.out, device=a.device, rule=rule, verify=not a.no_verify,
+                        force=a.force, trust_factory=trust)
     v = meta["verification"]
     print(f"verified on validation: clean {v['clean_acc']['export']:.4f} (trial {v['clean_acc']['trial']:.4f}), "
           f"PGD {v['pgd_acc']['export']:.4f} (trial {v['pgd_acc']['trial']:.4f})")
     tm = meta["test_metrics"]
     attacks = ", ".join(f"{k.removeprefix('acc_')} {v:.4f}" for k, v in tm.items() if k.startswith("acc_"))
     print(f"test ({tm['n']} images): clean {tm['clean_acc']:.4f}; {attacks}; worst case {tm['worst_acc']:.4f}")
+    cert = meta.get("certified_metrics")
+    if cert:
+        suite = ", ".join(f"{k.removeprefix('test_acc_')} {v:.4f}" for k, v in cert.items()
+                          if k.startswith("test_acc_") and isinstance(v, float))
+        print(f"certified (study certify, {cert.get('test_n')} test images, {cert.get('test_attacks')}): "
+              f"clean {cert['test_clean_acc']:.4f}; {suite}; worst case {cert['test_worst_acc']:.4f}  <- headline")
+    i8 = meta.get("int8_metrics")
+    if i8:
+        print(f"deployed int8 ({i8.get('int8_n')} val images): clean {i8['int8_clean_acc']:.4f} "
+              f"(fake-quant {i8['int8_fq_clean_acc']:.4f}), transfer from fake-quant {i8['int8_transfer_acc']:.4f} "
+              f"(fake-quant PGD {i8['int8_fq_pgd_acc']:.4f}), worst {i8['int8_worst_acc']:.4f}")
     print(f"wrote {', '.join(sorted(p.name for p in Path(a.out).iterdir()))}")
+    return 0
+
+
+def cmd_study_certify(a: argparse.Namespace) -> int:
+    from .search import certify_study, load_study, resolve_storage  # lazy: keeps --help fast
+
+    name, storage = resolve_storage(a.name, a.storage, a.config)
+    study, cfg = load_study(name, storage)
+    attacks = a.attacks or ["autoattack"]
+    print(f"certifying {name!r} on {a.n_test or 'all'} held-out test images: the study's PGD-{cfg.threat.steps} and "
+          f"{', '.join(attacks)} (clamp={cfg.threat.clamp}) ...", flush=True)
+    rep = certify_study(study, attacks=attacks, n_test=a.n_test, device=a.device,
+                        log=(lambda s: None) if a.quiet else (lambda s: print("  " + s, flush=True)))
+    print(f"search front (validation PGD) beside the certified front (test worst case over PGD + "
+          f"{', '.join(rep.attacks)}, {rep.n_test} images; cost axis {rep.cost}):")
+    print(rep.table())
+    print(rep.summary())
     return 0
 
 
@@ -133,12 +178,32 @@ def cmd_study_dashboard(a: argparse.Namespace) -> int:
 
     art = a.artifacts or study.user_attrs.get("artifact_dir")
     store = FileSystemArtifactStore(art) if art and Path(art).is_dir() else None
-    store_obj = make_storage(storage)
+    store_obj = make_storage(storage, create=False)
     study_id = store_obj.get_study_id_from_name(name)
+    _check_port_free(a.host, a.port)
     print(f"optuna-dashboard for {name!r}: http://{a.host}:{a.port}/dashboard/studies/{study_id}", flush=True)
     print("(Ctrl-C to stop)", flush=True)
-    run_server(store_obj, host=a.host, port=a.port, artifact_store=store)
+    try:
+        run_server(store_obj, host=a.host, port=a.port, artifact_store=store)
+    except OSError as e:  # taken between the check and the server's own bind
+        raise ConfigError(_listen_error(a.host, a.port, e)) from None
     return 0
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use; pick another with --port"
+    return f"cannot listen on {host}:{port}: {e.strerror or e}"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A one-line error for a port that is taken, before the server prints a traceback for it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(_listen_error(host, port, e)) from None
 
 
 def cmd_study_plots(a: argparse.Namespace) -> int:
@@ -188,7 +253,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .search import evaluate_export  # lazy: keeps --help fast
 
     res = evaluate_export(a.path, device=a.device, attacks=tuple(a.attacks) if a.attacks else None,
-                          data_dir=a.data_dir)
+                          data_dir=a.data_dir, trust_factory=a.trust_factory)
     m, r = res["measured"], res["recorded"]
     print(f"test ({m['n']} images), threat {res['threat']}")
     for k in m:
@@ -242,8 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rule", help="e.g. 'max robust_acc where macs <= 5e6 and clean_acc >= 0.85'")
     p.add_argument("--out", required=True, help="export directory")
     p.add_argument("--no-verify", action="store_true", help="skip the re-evaluation check (not recommended)")
+    _trust_arg(p)
+    p.add_argument("--force", action="store_true",
+                   help="export a trial that its masking flags made infeasible (its robust accuracy is not trusted)")
     _device_arg(p)
     p.set_defaults(fn=cmd_study_export)
+
+    p = ss.add_parser("certify", help="re-measure the feasible Pareto trials and baselines on held-out test images "
+                                      "with the full attack suite; print the certified front beside the search front")
+    _study_args(p)
+    p.add_argument("--attacks", nargs="+", default=None,
+                   help="the suite: NAME or NAME:key=value,... (default: autoattack; e.g. autoattack:version=quick "
+                        "or square:queries=1000 for a reduced budget, stated as such in the results)")
+    p.add_argument("--n-test", type=int, default=None, help="test images per trial (default: the whole test split)")
+    p.add_argument("--quiet", action="store_true")
+    _device_arg(p)
+    p.set_defaults(fn=cmd_study_certify)
 
     p = ss.add_parser("dashboard", help="start optuna-dashboard for the study")
     _study_args(p)
@@ -277,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="export directory")
     p.add_argument("--attacks", nargs="+", help="attacks to run (default: the export's ensemble)")
     p.add_argument("--data-dir", help="where the dataset lives on this machine")
+    _trust_arg(p)
     _device_arg(p)
     p.set_defaults(fn=cmd_eval)
     return parser

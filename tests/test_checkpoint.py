@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _evil import FACTORY, evil_meta
 
+import searchprune
 import searchprune.checkpoint as checkpoint_module
-from searchprune.checkpoint import ensure_base_model, load_checkpoint, materialize, save_checkpoint, versions
+from searchprune.checkpoint import (
+    ensure_base_model,
+    load_checkpoint,
+    materialize,
+    save_checkpoint,
+    versions,
+    weights_sha256,
+)
 from searchprune.config import DataConfig, ModelConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig, to_dict
 from searchprune.data import make_splits
 from searchprune.errors import ConfigError
@@ -117,3 +126,68 @@ def test_ensure_base_model_trains_once_then_loads(tmp_path, capsys):
     with pytest.raises(ConfigError, match="holds model 'mnist_small'"):
         ensure_base_model(path, ModelConfig(arch="cnn8"), splits, data=data, train_cfg=recipe, threat=threat,
                           device=torch.device("cpu"))
+
+
+# ---- loading runs no code a file names; damaged weights are refused --------------------------------
+
+
+@pytest.mark.parametrize("factory", ["os:system", FACTORY])
+def test_a_checkpoint_naming_a_factory_runs_nothing(tmp_path, factory):
+    marker = tmp_path / "marker"
+    kwargs = {"command": f"touch {marker}"} if factory == "os:system" else {"marker": str(marker)}
+    path = save_checkpoint(tmp_path / "evil.pt", _model(), evil_meta(factory, kwargs))
+    with pytest.raises(ConfigError, match=rf"names model.factory '{factory}'.*--trust-factory {factory}") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="--trust-factory"):
+        searchprune.load(path)
+    with pytest.raises(ConfigError, match="--trust-factory"):  # trusting another factory is no trust in this one
+        searchprune.load(path, trust_factory="somewhere:else")
+    assert not marker.exists()
+
+
+def test_a_trusted_factory_is_honoured(tmp_path):
+    marker = tmp_path / "marker"
+    path = save_checkpoint(tmp_path / "own.pt", _model(), evil_meta(FACTORY, {"marker": str(marker)}))
+    model = searchprune.load(path, trust_factory=FACTORY)
+    assert marker.exists() and isinstance(model, torch.nn.Module)  # the marker shows the factory really ran
+
+
+def test_a_study_base_checkpoint_naming_a_factory_runs_nothing(tmp_path):
+    """The study's model.checkpoint: the user's config names an arch, the file a factory."""
+    data = DataConfig(dataset="synthetic", train_size=32, val_size=64, test_size=32)
+    marker = tmp_path / "marker"
+    path = save_checkpoint(tmp_path / "base.pt", _model(), evil_meta("os:system", {"command": f"touch {marker}"}))
+    for model_cfg in (ModelConfig(arch="cnn8"), ModelConfig(arch=None, factory=FACTORY)):
+        with pytest.raises(ConfigError, match="'os:system'"):
+            ensure_base_model(path, model_cfg, make_splits(data), data=data, train_cfg=None, threat=ThreatModel(),
+                              device=torch.device("cpu"))
+    assert not marker.exists()
+
+
+def test_the_weights_hash_is_recorded_and_verified(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", _model(), META)
+    payload = torch.load(path, weights_only=True)
+    assert payload["meta"]["weights_sha256"] == weights_sha256(payload["state_dict"])
+    # one weight changed and saved again: the file parses, the hash does not match
+    first = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][first].view(-1)[0] += 1.0
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(ConfigError, match="is damaged: its weights do not match the sha256") as e:
+        load_checkpoint(tmp_path / "damaged.pt")
+    assert "\n" not in str(e.value)
+
+
+def test_flipped_tensor_bytes_in_the_file_are_refused(tmp_path):
+    model = _model()
+    path = save_checkpoint(tmp_path / "m.pt", model, META)
+    raw = bytearray(path.read_bytes())
+    weight = next(v for k, v in model.state_dict().items() if k.endswith("weight") and v.numel() >= 64)
+    needle = weight.detach().contiguous().view(-1)[:16].numpy().tobytes()
+    at = raw.find(needle)
+    assert at > 0  # the zip stores tensors uncompressed
+    raw[at:at + 4] = bytes(b ^ 0x55 for b in raw[at:at + 4])
+    (tmp_path / "flipped.pt").write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match="sha256|could not be read") as e:
+        load_checkpoint(tmp_path / "flipped.pt")
+    assert "\n" not in str(e.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -22,7 +23,14 @@ from searchprune.data import BatchLoader, make_splits
 from searchprune.models import create_model
 from searchprune.prune import get_method, list_methods
 from searchprune.train import train_
-from searchprune.trial import TrialContext, checkpoint_metadata, run_trial, rung_threat
+from searchprune.trial import (
+    TrialContext,
+    TrialDiverged,
+    chance_threshold,
+    checkpoint_metadata,
+    run_trial,
+    rung_threat,
+)
 
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=3, random_start=False)
 META = {"model": {"arch": "mnist_small", "factory": None, "kwargs": {}},
@@ -42,7 +50,7 @@ def base():
 def _ctx(base, tmp_path=None, **eval_kw):
     model, splits = base
     ev = EvalConfig(n_eval=64, n_stage_eval=32, check_apgd_steps=5, check_square_queries=10,
-                    **{"transfer": False, "checks": False, **eval_kw})
+                    **{"transfer": False, "checks": False, "latency": False, **eval_kw})
     return TrialContext(base_model=model, base_meta=META, splits=splits, threat=THREAT, eval=ev,
                         eval_batch_size=64, cache_dir=tmp_path)
 
@@ -63,7 +71,7 @@ def test_every_method_runs_through_the_core(base, method):
                          seed=1)
     r = run_trial(params, _ctx(base))
     assert 0 <= r.robust_acc <= r.clean_acc <= 1  # attacks leave misclassified inputs as they are
-    assert r.macs < r.dense_macs, "pruning 60% must lower effective MACs"
+    assert r.macs < r.base_macs, "pruning 60% must lower effective MACs"
     assert set(r.stages) == {"prune", "finetune"}
     assert r.layer_sparsity and 0 < r.sparsity < 1
     assert r.n_eval == 64
@@ -84,7 +92,9 @@ def test_stages_flags_costs_and_checkpoint(base, tmp_path):
     # the core writes nothing but its statistics cache; its model saved with its metadata rebuilds the
     # quantized, pruned model
     # and reproduces its clean accuracy
-    assert not list(tmp_path.glob("*.pt")) and [p.name[:9] for p in (tmp_path / "cache").iterdir()] == ["transfer-"]
+    # (the caches: transfer examples, and the latency cache of searchprune.deploy)
+    assert not list(tmp_path.glob("*.pt")) and {p.name[:9] for p in (tmp_path / "cache").iterdir()} <= {
+        "transfer-", "latency"}
     assert r.model is not None
     path = save_checkpoint(tmp_path / "t.pt", r.model, checkpoint_metadata(params, ctx, r))
     model, meta = load_checkpoint(path)
@@ -200,3 +210,34 @@ def test_the_core_never_imports_optuna():
     """run_trial and everything below it are plain PyTorch: Optuna stays in the search layer."""
     code = "import sys, searchprune.trial; assert 'optuna' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_diverging_fine_tune_fails_the_trial_with_the_reason(base):
+    params = TrialParams(prune=PruneConfig(sparsity=0.5), finetune=TrainConfig(recipe="standard", epochs=1, lr=1e12))
+    with pytest.raises(TrialDiverged, match=r"fine-tuning diverged: train_: the loss became (nan|inf)"):
+        run_trial(params, _ctx(base))
+
+
+def test_non_finite_weights_fail_the_trial_naming_the_tensor(base):
+    model, splits = base
+    broken = copy.deepcopy(model)
+    bias = next(p for n, p in broken.named_parameters() if n.endswith("bias"))  # pruning scores weights only
+    with torch.no_grad():
+        bias.view(-1)[0] = float("inf")
+    with pytest.raises(TrialDiverged, match=r"after pruning: non-finite values in .*bias"):
+        run_trial(TrialParams(prune=PruneConfig(sparsity=0.1)), _ctx((broken, splits)))
+
+
+def test_chance_level_is_flagged(base):
+    model, splits = base
+    r = run_trial(TrialParams(prune=PruneConfig(sparsity=0.1)), _ctx(base))
+    assert r.flags["chance"] is False and r.clean_acc > r.checks["chance_threshold"]
+    constant = copy.deepcopy(model)  # a zero classifier: constant logits, the same class for every image
+    classifier = [m for m in constant.modules() if getattr(m, "is_classifier", False)][-1]
+    with torch.no_grad():
+        classifier.weight.zero_()
+        classifier.bias.zero_()
+    r = run_trial(TrialParams(prune=PruneConfig(sparsity=0.1)), _ctx((constant, splits)))
+    assert r.flags["chance"] is True and r.clean_acc <= r.checks["chance_threshold"]
+    assert chance_threshold(10, 64) == pytest.approx(0.1 + 2 * (0.09 / 64) ** 0.5)
+    assert chance_threshold(10, 10**6) == pytest.approx(0.12)  # never closer to chance than 0.02

@@ -18,6 +18,13 @@ frozen :class:`MaskingThresholds`; what the checks may spend is one :class:`Chec
     PGD accuracy exceeds the strong attacks' accuracy by more than ``strong_gap_margin``. The
     strong accuracy is the per-example ensemble of APGD-CE and the gradient-free Square Attack
     (an input counts only if it survives both); Square is blind to gradient masking.
+``scaled_gap``
+    PGD accuracy exceeds the logit-scaled PGD's (``pgd_scaled``, PGD++ of Gupta & Ajanthan 2022:
+    the logits divided by the mean singular value of the input-logit Jacobian) by more than
+    ``scaled_gap_margin``, on the same images. The scaling changes no prediction, only the loss
+    PGD ascends: a gap means the cross-entropy gradient vanished (a saturated softmax, large
+    logits of a low-bit network) and the plain PGD number overstates robustness. Runs when the
+    ``pgd_scaled`` attack is registered and ``budget.scaled`` is on.
 ``transfer_above_whitebox``
     Transfer accuracy is *below* white-box accuracy by more than ``transfer_margin``:
     ``transfer_acc < pgd_acc - transfer_margin``. Examples crafted on a different model (the dense
@@ -62,7 +69,7 @@ from torch import nn
 from .._torch import eval_mode
 from ..config import ThreatModel
 from ..errors import ConfigError
-from ._base import get_attack, input_grad, predict
+from ._base import get_attack, input_grad, list_attacks, predict
 from .apgd import apgd
 from .evaluate import iter_batches
 from .square import square
@@ -70,11 +77,14 @@ from .transfer import transfer_examples
 
 __all__ = [
     "CheckBudget", "MaskingReport", "MaskingThresholds", "masking_checks", "masking_flags", "zero_grad_fraction",
-    "FLAG_NAMES",
+    "FLAG_NAMES", "MASKING_FLAGS",
 ]
 
-FLAG_NAMES = ("zero_grad", "strong_gap", "transfer_above_whitebox", "steps_non_monotone",
+FLAG_NAMES = ("zero_grad", "strong_gap", "scaled_gap", "transfer_above_whitebox", "steps_non_monotone",
               "steps_not_converged")
+# The flags that say *this model* hides its gradients. steps_not_converged says the study's PGD is
+# too short for every model alike: recorded, but not a reason to distrust one trial over another.
+MASKING_FLAGS = tuple(name for name in FLAG_NAMES if name != "steps_not_converged")
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,8 @@ class MaskingThresholds:
             classified inputs has a zero gradient (0.1: a few saturated examples are tolerated).
         strong_gap_margin: ``strong_gap`` fires when PGD accuracy exceeds the strong attacks' by
             more than this (0.05: honest models show a few points between PGD and APGD+Square).
+        scaled_gap_margin: ``scaled_gap`` fires when PGD accuracy exceeds the logit-scaled PGD's by
+            more than this (a paired comparison on the same images and start, so less noisy).
         transfer_margin: ``transfer_above_whitebox`` fires when transfer accuracy is lower than
             PGD accuracy by more than this (transfer *below* white-box: the black-box attack is the
             stronger one).
@@ -99,6 +111,7 @@ class MaskingThresholds:
     grad_tol: float = 1e-30
     zero_grad_max_frac: float = 0.1
     strong_gap_margin: float = 0.05
+    scaled_gap_margin: float = 0.03
     transfer_margin: float = 0.05
     monotone_tol: float = 0.01
     converge_margin: float = 0.03
@@ -120,6 +133,7 @@ class CheckBudget:
         apgd_steps: APGD iterations (100 in AutoAttack).
         square_queries: Square Attack queries (AutoAttack uses 5000; 300 catches gross masking).
         seed: seeds APGD, Square and PGD's random start, so a report is reproducible.
+        scaled: also run the logit-scaled PGD (``pgd_scaled``, one more PGD run) when registered.
 
     Raises:
         ConfigError: ``n_images`` below 1 or ``more_steps_factor`` below 2.
@@ -130,6 +144,7 @@ class CheckBudget:
     apgd_steps: int = 100
     square_queries: int = 300
     seed: int = 0
+    scaled: bool = True
 
     def __post_init__(self) -> None:
         if self.n_images is not None and self.n_images < 1:
@@ -152,6 +167,7 @@ class MaskingReport:
         more_steps_factor: how many times more steps the second PGD ran.
         apgd_acc: APGD-CE accuracy measured here (None when ``strong_acc`` was passed in).
         square_acc: Square Attack accuracy measured here (None when passed in, or an L2 threat).
+        scaled_acc: logit-scaled PGD accuracy on the checked images (None: not run).
         strong_acc: the strong attacks' accuracy (passed in, or the APGD + Square ensemble here).
         transfer_acc: accuracy on examples crafted against the source model (None: not measured).
         zero_grad_frac: fraction of correctly classified inputs whose CE input gradient is zero.
@@ -171,6 +187,7 @@ class MaskingReport:
     apgd_acc: float | None
     square_acc: float | None
     strong_acc: float | None
+    scaled_acc: float | None
     transfer_acc: float | None
     zero_grad_frac: float
     zero_grad_frac_margin: float
@@ -187,6 +204,11 @@ class MaskingReport:
     def suspicious(self) -> bool:
         """True when any flag fired: the trial's PGD accuracy should not be trusted as is."""
         return bool(self.fired)
+
+    @property
+    def masking(self) -> list[str]:
+        """The fired flags of :data:`MASKING_FLAGS` (what ``eval.on_flag`` acts on)."""
+        return [name for name in self.fired if name in MASKING_FLAGS]
 
     def as_user_attrs(self, prefix: str = "mask.") -> dict[str, Any]:
         """Flat JSON-safe key/values for ``optuna.Trial.set_user_attr``.
@@ -214,6 +236,7 @@ class MaskingReport:
 def masking_flags(*, zero_grad_frac: float, pgd_acc: float, pgd_more_acc: float,
                   strong_acc: float | None = None, transfer_acc: float | None = None,
                   strong_ref_acc: float | None = None, transfer_ref_acc: float | None = None,
+                  scaled_acc: float | None = None,
                   thresholds: MaskingThresholds = MaskingThresholds()) -> dict[str, bool]:
     """Decides the flags from measured values (the pure part of :func:`masking_checks`).
 
@@ -225,6 +248,7 @@ def masking_flags(*, zero_grad_frac: float, pgd_acc: float, pgd_more_acc: float,
         transfer_acc: accuracy on transferred examples, or None (check skipped).
         strong_ref_acc: the white-box accuracy ``strong_acc`` is compared with (default ``pgd_acc``).
         transfer_ref_acc: the white-box accuracy ``transfer_acc`` is compared with (default ``pgd_acc``).
+        scaled_acc: logit-scaled PGD accuracy on the same images as ``pgd_acc``, or None (skipped).
         thresholds: when each flag fires (see :class:`MaskingThresholds`).
 
     Returns:
@@ -240,6 +264,7 @@ def masking_flags(*, zero_grad_frac: float, pgd_acc: float, pgd_more_acc: float,
     return {
         "zero_grad": zero_grad_frac > t.zero_grad_max_frac,
         "strong_gap": strong_acc is not None and strong_ref - strong_acc > t.strong_gap_margin,
+        "scaled_gap": scaled_acc is not None and pgd_acc - scaled_acc > t.scaled_gap_margin,
         "transfer_above_whitebox": transfer_acc is not None and transfer_ref - transfer_acc > t.transfer_margin,
         "steps_non_monotone": pgd_more_acc - pgd_acc > t.monotone_tol,
         "steps_not_converged": pgd_acc - pgd_more_acc > t.converge_margin,
@@ -326,9 +351,11 @@ def masking_checks(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.
     run_strong = strong_acc is None
     run_square = run_strong and threat.norm == "linf"
     run_transfer = transfer_acc is None and source is not None
+    run_scaled = b.scaled and "pgd_scaled" in list_attacks()
+    scaled_fn = get_attack("pgd_scaled") if run_scaled else None
 
     n = 0
-    counts = dict.fromkeys(("clean", "pgd", "more", "apgd", "square", "strong", "transfer", "worst",
+    counts = dict.fromkeys(("clean", "pgd", "more", "apgd", "square", "strong", "transfer", "scaled", "worst",
                             "zero_ce", "zero_margin"), 0)
     with eval_mode(model):
         for bi, (x, y) in enumerate(iter_batches(model, loader, b.n_images)):
@@ -344,6 +371,11 @@ def masking_checks(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.
             with _seeded(x.device, s):
                 ok_more = predict(model, pgd_fn(model, x, y, more_threat)) == y
             worst = ok & ok_pgd & ok_more
+            if scaled_fn is not None:
+                with _seeded(x.device, s):  # the same random start as the PGD it is compared with
+                    ok_scaled = predict(model, scaled_fn(model, x, y, threat)) == y
+                counts["scaled"] += int(ok_scaled.sum())
+                worst &= ok_scaled
             counts["clean"] += int(ok.sum())
             counts["pgd"] += int(ok_pgd.sum())
             counts["more"] += int(ok_more.sum())
@@ -385,12 +417,14 @@ def masking_checks(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.
     zero_frac = counts["zero_ce"] / counts["clean"] if counts["clean"] else 0.0
     flags = masking_flags(zero_grad_frac=zero_frac, pgd_acc=pgd_subset, pgd_more_acc=frac("more"),
                           strong_acc=strong_here, transfer_acc=transfer_here, strong_ref_acc=pgd_for_strong,
-                          transfer_ref_acc=pgd_for_transfer, thresholds=t)
+                          transfer_ref_acc=pgd_for_transfer,
+                          scaled_acc=frac("scaled") if run_scaled else None, thresholds=t)
     return MaskingReport(
         n_images=n, clean_acc=frac("clean"), pgd_acc=pgd_acc if pgd_acc is not None else pgd_subset,
         pgd_subset_acc=pgd_subset, pgd_more_acc=frac("more"), more_steps_factor=b.more_steps_factor,
         apgd_acc=frac("apgd") if run_strong else None, square_acc=frac("square") if run_square else None,
-        strong_acc=strong_here, transfer_acc=transfer_here, zero_grad_frac=zero_frac,
+        strong_acc=strong_here, scaled_acc=frac("scaled") if run_scaled else None, transfer_acc=transfer_here,
+        zero_grad_frac=zero_frac,
         zero_grad_frac_margin=counts["zero_margin"] / counts["clean"] if counts["clean"] else 0.0,
         worst_acc=frac("worst"), flags=flags, thresholds=t.as_dict(),
     )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from ._build import build, load_yaml, to_dict
 from .core import (
+    COST_KINDS,
+    ON_FLAG,
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -41,5 +43,5 @@ __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig",
     "EvalConfig", "ParamSpec", "SamplerConfig", "PrunerConfig", "ConstraintConfig", "TrialDefaults",
     "StudyConfig", "TrainRunConfig", "TrialParams", "load_yaml",
-    "build", "to_dict", "load_study_config",
+    "build", "to_dict", "load_study_config", "COST_KINDS", "ON_FLAG",
 ]

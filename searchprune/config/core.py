@@ -15,8 +15,17 @@ from ._build import _check, _frozen_map
 
 __all__ = [
     "ThreatModel", "TrainConfig", "PruneConfig", "QuantConfig", "DataConfig", "ModelConfig", "EvalConfig",
-    "TrialParams",
+    "TrialParams", "COST_KINDS", "ON_FLAG",
 ]
+
+# The third objective a study may minimize (every trial stores all of them as user attributes):
+# macs (effective multiply-adds after pruning, the papers' convention), dense_macs (what a dense
+# kernel executes: only removed channels / layers count), bitops (macs x weight bits x activation
+# bits), size_bytes (smallest honest storage of the deployed weights), latency_ms (measured on the
+# study's device, deployable form).
+COST_KINDS = ("macs", "dense_macs", "bitops", "size_bytes", "latency_ms")
+# What a fired masking flag does to a trial (EvalConfig.on_flag).
+ON_FLAG = ("infeasible", "worst", "record")
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,24 @@ class EvalConfig:
             run when ``attacks`` lists none (the APGD + Square ensemble of the AutoAttack paper;
             smaller than the paper's 100 / 5000 so every trial can afford it; exports run the
             full ``export_attacks`` ensemble on the test split).
+        check_n_images: images the masking checks attack (None: ``n_stage_eval``).
+        check_margin: accuracy gap (PGD above APGD + Square) at which ``strong_gap`` fires; lower it
+            (with more ``check_n_images``) to catch smaller overstatements: APGD is honestly a few
+            points stronger than PGD-20, so a low margin also flags honest trials.
+        check_scaled: also run the logit-scaled PGD (``pgd_scaled``) in the checks, when registered.
+        check_scaled_margin: gap (PGD above the logit-scaled PGD, paired: same images and start) at
+            which ``scaled_gap`` fires.
+        on_flag: what a fired masking flag does: "infeasible" (a violated constraint ``masking``
+            with the flags as its reason: the trial leaves the feasible front and export refuses it
+            without ``--force``), "worst" (the robust objective becomes the per-example worst case
+            over ``strong_attacks``, re-run on the ``n_eval`` images), "record" (flags stored only).
+        strong_attacks: the attacks "worst" re-runs, as ``NAME[:key=value,...]`` (default: the
+            study's PGD, the logit-scaled PGD and standard AutoAttack: APGD-CE, APGD-T, FAB-T and
+            Square with 5,000 queries).
+        latency: measure ``latency_ms`` of every trial (always measured when it is the cost).
+        latency_batch_size, latency_repeats: the timed batch and the number of timed runs (median).
+        int8_attack: attack the deployed int8 form of 8-bit trials (transfer from the fake-quant
+            model under the STE, and Square with ``check_square_queries``) on ``check_n_images``.
     """
 
     n_eval: int | None = 1000
@@ -285,13 +312,37 @@ class EvalConfig:
     n_stage_eval: int = 256
     check_apgd_steps: int = 50
     check_square_queries: int = 200
+    check_n_images: int | None = None
+    check_margin: float = 0.05
+    check_scaled: bool = True
+    check_scaled_margin: float = 0.03
+    on_flag: Literal["infeasible", "worst", "record"] = "infeasible"
+    strong_attacks: tuple[str, ...] = ("pgd", "pgd_scaled", "autoattack")
+    latency: bool = True
+    latency_batch_size: int = 128
+    latency_repeats: int = 10
+    int8_attack: bool = True
 
     def __post_init__(self) -> None:
+        _check(self.on_flag in ON_FLAG, "eval.on_flag", f"expected one of {', '.join(ON_FLAG)}, got {self.on_flag!r}")
+        _check(self.check_n_images is None or self.check_n_images >= 1, "eval.check_n_images",
+               f"expected >= 1 or null, got {self.check_n_images}")
+        for name in ("check_margin", "check_scaled_margin"):
+            v = getattr(self, name)
+            _check(0 <= v < 1, f"eval.{name}", f"expected in [0, 1), got {v}")
+        _check(len(self.strong_attacks) >= 1, "eval.strong_attacks", "expected at least one attack")
+        _check(self.latency_batch_size >= 1 and self.latency_repeats >= 1, "eval.latency_batch_size",
+               f"expected >= 1, got {self.latency_batch_size} / {self.latency_repeats}")
         _check(self.check_apgd_steps >= 1 and self.check_square_queries >= 1, "eval.check_apgd_steps",
                f"expected >= 1, got {self.check_apgd_steps} / {self.check_square_queries}")
         _check(self.n_eval is None or self.n_eval >= 1, "eval.n_eval", f"expected >= 1 or null, got {self.n_eval}")
         _check(len(self.attacks) >= 1, "eval.attacks", "expected at least one attack")
         _check(self.n_stage_eval >= 1, "eval.n_stage_eval", f"expected >= 1, got {self.n_stage_eval}")
+
+    @property
+    def n_check(self) -> int:
+        """Images the masking checks (and the int8 attacks) measure."""
+        return self.check_n_images if self.check_n_images is not None else self.n_stage_eval
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ._build import _check, _frozen_map, build, load_yaml
-from .core import DataConfig, EvalConfig, ModelConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig
+from .core import COST_KINDS, DataConfig, EvalConfig, ModelConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig
 
 __all__ = [
     "ParamSpec", "SamplerConfig", "PrunerConfig", "ConstraintConfig", "TrialDefaults", "StudyConfig", "TrainRunConfig",
@@ -176,6 +176,14 @@ class ConstraintConfig:
     max_bitops: float | None = None
     min_clean_acc: float | None = None
 
+    def __post_init__(self) -> None:
+        # a budget of 0 divides by zero in the constraint, a negative one makes every trial feasible
+        for n in ("max_macs", "max_bitops"):
+            v = getattr(self, n)
+            _check(v is None or v > 0, f"constraints.{n}", f"expected a budget > 0 or null, got {v}")
+        v = self.min_clean_acc
+        _check(v is None or 0 <= v <= 1, "constraints.min_clean_acc", f"expected an accuracy in [0, 1], got {v}")
+
 
 @dataclass(frozen=True)
 class TrialDefaults:
@@ -205,7 +213,9 @@ class StudyConfig:
     Attributes:
         output_dir: where the study's database, checkpoints and plots go ("{name}" is replaced).
         storage: Optuna storage URL or journal file path; None = SQLite in output_dir.
-        cost: the third objective: "macs" or "bitops".
+        cost: the third objective, one of :data:`~.core.COST_KINDS`: "macs" (effective multiply-adds
+            after pruning), "dense_macs" (what a dense kernel executes), "bitops", "size_bytes" or
+            "latency_ms" (measured on the study's device). Every trial stores all five.
         baselines: trials enqueued at creation ("dense", and seed-paper recipes, see study.py).
     """
 
@@ -220,7 +230,7 @@ class StudyConfig:
     constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     gate: None = field(default=None, metadata={"parse": _parse_gate})  # retired: names its replacement
-    cost: Literal["macs", "bitops"] = "macs"
+    cost: Literal["macs", "dense_macs", "bitops", "size_bytes", "latency_ms"] = "macs"
     baselines: tuple[str, ...] = ()
     n_trials: int = 10
     timeout_s: float | None = None
@@ -233,6 +243,7 @@ class StudyConfig:
         _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
                f"expected letters, digits, '-', '_' or '.', got {self.name!r}")
         _check(self.n_trials >= 0, "n_trials", f"expected >= 0, got {self.n_trials}")
+        _check(self.cost in COST_KINDS, "cost", f"expected one of {', '.join(COST_KINDS)}, got {self.cost!r}")
         for key in self.space:
             _check(key.split(".")[0] in ("prune", "finetune", "quant"), f"space.{key}",
                    "expected a parameter under prune., finetune. or quant.")

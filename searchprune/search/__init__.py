@@ -6,7 +6,8 @@
 - :mod:`.objective`: the Optuna objective (suggest, run the core, store attrs, checkpoints, artifacts);
 - :mod:`.optimize`: one process or several workers sharing the storage;
 - :mod:`.reports`, :mod:`.export`, :mod:`.plots` (:mod:`.plot_data`), :mod:`.report`: what a study found,
-  a chosen model, figures, the one-page HTML report.
+  a chosen model, figures, the one-page HTML report;
+- :mod:`.certify`: the front re-measured on held-out test images with the full attack suite.
 
 Layering: this package imports :mod:`searchprune.trial` and below, never the CLI.
 """
@@ -14,13 +15,26 @@ Layering: this package imports :mod:`searchprune.trial` and below, never the CLI
 from __future__ import annotations
 
 from .baselines import BASELINES, Baseline, baseline_trials, list_baselines, register_baseline
-from .export import ExportMismatch, Rule, evaluate_export, export_trial, load, parse_rule, select_trial
+from .certify import AttackSpec, CertifyReport, certify_candidates, certify_study, parse_attack
+from .export import (
+    ExportMismatch,
+    Rule,
+    evaluate_export,
+    export_trial,
+    load,
+    parse_rule,
+    select_trial,
+    split_fingerprint,
+)
 from .objective import Objective, build_context, ensure_base_model, prunable_layer_names
-from .optimize import WorkerSpec, finished_trials, optimize
+from .optimize import RunFailed, WorkerSpec, finished_trials, optimize
 from .plots import PROJECTIONS, figures, write_plots
 from .report import write_report
 from .reports import (
+    CERTIFIED_ATTR,
     TABLE_COLUMNS,
+    certified_attrs,
+    cost_kind,
     format_table,
     hypervolume,
     pareto_rows,
@@ -39,7 +53,7 @@ from .space import (
     validate_space,
     walk,
 )
-from .storage import default_storage_url, make_storage, resolve_storage
+from .storage import default_storage_url, make_storage, mask_url, resolve_storage
 from .study import (
     CONFIG_ATTR,
     DIRECTIONS,
@@ -56,16 +70,20 @@ __all__ = [
     "walk", "suggest", "suggest_params", "replay_params", "validate_space", "combinations", "strip_tag",
     "trial_params_from_flat",
     # storage, samplers, baselines
-    "make_storage", "default_storage_url", "resolve_storage", "SAMPLERS", "make_sampler", "register_sampler",
+    "make_storage", "default_storage_url", "resolve_storage", "mask_url", "SAMPLERS", "make_sampler",
+    "register_sampler",
     "list_samplers", "Baseline", "BASELINES", "register_baseline", "list_baselines", "baseline_trials",
     # study
     "OBJECTIVE_NAMES", "DIRECTIONS", "CONFIG_ATTR", "validate_names", "validate_study",
     "create_study", "load_study", "stored_config",
     # objective and optimization
     "Objective", "build_context", "ensure_base_model", "prunable_layer_names", "WorkerSpec", "optimize",
-    "finished_trials",
+    "finished_trials", "RunFailed",
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
     "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
-    "ExportMismatch", "PROJECTIONS", "figures", "write_plots", "write_report",
+    "ExportMismatch", "split_fingerprint", "PROJECTIONS", "figures", "write_plots", "write_report", "cost_kind",
+    # certify
+    "CERTIFIED_ATTR", "certified_attrs", "AttackSpec", "CertifyReport", "certify_candidates", "certify_study",
+    "parse_attack",
 ]

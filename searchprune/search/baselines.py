@@ -27,22 +27,28 @@ class Baseline:
         pins: values that make no difference to this recipe, set only where the space searches
             the field and allows the value (the dense model pins a magnitude method instead of
             letting the sampler pick a learned one that trains scores for a model it leaves dense).
+        study_finetune: fine-tune with the study's default recipe (``defaults.finetune``, every
+            ``finetune.*`` field the space searches pinned to its default), which must be an
+            adversarial one: the control that separates what compression does from what the
+            adversarial fine-tuning does.
     """
 
     doc: str
     method: str | None = None
     granularity: str | None = None
     allocation: str | None = None
-    recipe: str = "standard"
+    recipe: str | None = "standard"
     sparsity: float | None = None
     pins: Mapping[str, Any] = field(default_factory=dict)
+    study_finetune: bool = False
 
     def values(self, sparsity: float) -> dict[str, Any]:
         """The flat dotted config values of this baseline at ``sparsity``."""
         fields = {"prune.method": self.method, "prune.granularity": self.granularity,
                   "prune.allocation": self.allocation}
-        return {**{k: v for k, v in fields.items() if v is not None}, "prune.sparsity": sparsity,
-                "finetune.recipe": self.recipe, "quant.mode": "none"}
+        if self.recipe is not None:
+            fields["finetune.recipe"] = self.recipe
+        return {**{k: v for k, v in fields.items() if v is not None}, "prune.sparsity": sparsity, "quant.mode": "none"}
 
 
 BASELINES: Registry[Baseline] = Registry("baseline")
@@ -57,10 +63,14 @@ def list_baselines() -> list[str]:
     return BASELINES.names()
 
 
+ADVERSARIAL_RECIPES = ("pgd", "fast", "trades")
+_DENSE_PINS = {"prune.method": "magnitude", "prune.granularity": "weight", "prune.allocation": "global"}
+
 _TABLE: dict[str, Baseline] = {
-    "dense": Baseline("The dense base model, fine-tuning off.", recipe="none", sparsity=0.0,
-                      pins={"prune.method": "magnitude", "prune.granularity": "weight",
-                            "prune.allocation": "global"}),
+    "dense": Baseline("The dense base model, fine-tuning off.", recipe="none", sparsity=0.0, pins=_DENSE_PINS),
+    "dense_aft": Baseline("The dense base model with the study's default adversarial fine-tuning recipe: the "
+                          "control a compressed trial's robustness is credited against.", recipe=None,
+                          sparsity=0.0, pins=_DENSE_PINS, study_finetune=True),
     "shrinkbench": Baseline("Global weight-magnitude pruning + standard fine-tuning (ShrinkBench GlobalMagWeight).",
                             "magnitude", "weight", "global", "standard"),
     "gap": Baseline("Greedy adversarial pruning (seed 000) + standard fine-tuning.",
@@ -69,8 +79,9 @@ _TABLE: dict[str, Baseline] = {
                            "l1_filter", "channel", "uniform", "pgd"),
     "hydra": Baseline("HYDRA learned scores + TRADES fine-tuning (seed 003).",
                       "hydra", "weight", "learned", "trades"),
-    "mrpf": Baseline("MRS-allocated ratios + TRADES fine-tuning (seed 004).",
-                     "magnitude", "weight", "mrs", "trades"),
+    "mrpf": Baseline("Structured (channel) pruning at MRS-allocated per-layer ratios + TRADES fine-tuning (seed 004: "
+                     "MRPF compares structured pruning methods).",
+                     "magnitude", "channel", "mrs", "trades"),
     "in_train": Baseline("In-train channel masks with a MAC loss under fast adversarial training (seed 002).",
                          "in_train", "channel", "learned", "fast"),
 }
@@ -99,7 +110,28 @@ def baseline_trials(cfg: StudyConfig) -> list[dict[str, Any]]:
         else:
             levels = _study_sparsities(cfg)
         for sparsity in levels:
-            out.append(_one(cfg, entry, baseline, baseline.values(sparsity)))
+            want = baseline.values(sparsity)
+            if baseline.study_finetune:
+                want.update(_study_finetune(cfg, entry))
+            out.append(_one(cfg, entry, baseline, want))
+    return out
+
+
+def _study_finetune(cfg: StudyConfig, entry: str) -> dict[str, Any]:
+    """``finetune.*`` values of the study's default recipe, for every fine-tuning field the space searches."""
+    ft = cfg.defaults.finetune
+    if ft is None or ft.recipe not in ADVERSARIAL_RECIPES:
+        got = "none" if ft is None else ft.recipe
+        raise ConfigError(f"baselines: {entry!r} fine-tunes with the study's default recipe, which must be "
+                          f"adversarial ({', '.join(ADVERSARIAL_RECIPES)}); defaults.finetune.recipe is {got!r}")
+    values = to_dict(ft)
+    out: dict[str, Any] = {"finetune.recipe": ft.recipe}
+    for key in cfg.space:
+        name = strip_tag(key)
+        field_name = name.removeprefix("finetune.")
+        if name.startswith("finetune.") and field_name in values:
+            value = values[field_name]
+            out[name] = int(value) if cfg.space[key].type == "int" and float(value).is_integer() else value
     return out
 
 

@@ -32,6 +32,7 @@ clean or PGD accuracy differ beyond noise; then it measures the test split.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -53,13 +54,15 @@ from .._torch import get_device, seed_everything
 from ..attacks import evaluate
 from ..checkpoint import load_checkpoint, versions
 from ..config import DataConfig, ThreatModel, build, to_dict
-from ..data import BatchLoader, make_splits
+from ..data import ArrayDataset, BatchLoader, make_splits
 from ..deploy import deployable, latency_ms, size_bytes
 from ..errors import ConfigError
 from .model_card import model_card
+from .reports import certified_attrs
 from .study import stored_config
 
-__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch"]
+__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch",
+           "split_fingerprint"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
@@ -111,12 +114,14 @@ def parse_rule(text: str) -> Rule:
     return Rule(parts[0], parts[1], tuple(conds))
 
 
-def trial_metric(trial: optuna.trial.FrozenTrial, name: str, metric_names: list[str] | None) -> float | None:
-    """An objective (by metric name) or a numeric user attribute of a trial."""
+def trial_metric(trial: optuna.trial.FrozenTrial, name: str, metric_names: list[str] | None, *,
+                 extra: Mapping[str, Any] | None = None) -> float | None:
+    """An objective (by metric name) or a numeric user attribute of a trial (or of ``extra``, e.g.
+    its certified ``test_*`` metrics)."""
     names = metric_names or []
     if name in names and trial.values is not None:
         return float(trial.values[names.index(name)])
-    v = trial.user_attrs.get(name)
+    v = {**trial.user_attrs, **(extra or {})}.get(name)
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
     return float(v)
@@ -132,20 +137,22 @@ def select_trial(study: optuna.Study, rule: Rule) -> optuna.trial.FrozenTrial:
     pareto = study.best_trials
     if not pareto:
         raise ConfigError(f"study {study.study_name!r} has no completed feasible trials to export")
-    known = set(names or []) | {k for t in pareto for k, v in t.user_attrs.items() if isinstance(v, int | float)}
+    cert = {t.number: certified_attrs(study, t) for t in pareto}  # rules may use the certified test_* metrics
+    known = set(names or []) | {k for t in pareto for k, v in {**t.user_attrs, **cert[t.number]}.items()
+                                if isinstance(v, int | float)}
     for m in [rule.metric, *(c[0] for c in rule.conditions)]:
         if m not in known:
             raise ConfigError(f"rule {str(rule)!r}: unknown metric {m!r}; expected one of: {', '.join(sorted(known))}")
     ok = []
     for t in pareto:
-        vals = [trial_metric(t, m, names) for m, _, _ in rule.conditions]
+        vals = [trial_metric(t, m, names, extra=cert[t.number]) for m, _, _ in rule.conditions]
         if all(v is not None and _OPS[op](v, ref) for v, (_, op, ref) in zip(vals, rule.conditions)):
-            if trial_metric(t, rule.metric, names) is not None:
+            if trial_metric(t, rule.metric, names, extra=cert[t.number]) is not None:
                 ok.append(t)
     if not ok:
         raise ConfigError(f"rule {str(rule)!r}: none of the {len(pareto)} Pareto trials satisfies the conditions")
     def key(t: optuna.trial.FrozenTrial) -> float:
-        value = trial_metric(t, rule.metric, names)
+        value = trial_metric(t, rule.metric, names, extra=cert[t.number])
         assert value is not None  # trials without the metric were filtered out above
         return value
 
@@ -202,23 +209,49 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     return written
 
 
+def split_fingerprint(split: ArrayDataset) -> str:
+    """sha256 of a split's images and labels as loaded: the test split an export was measured on."""
+    h = hashlib.sha256()
+    for t in (split.images, split.labels):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def int8_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The deployed int8 model's accuracies (``int8_*`` attributes of an 8-bit trial; else empty)."""
+    return {k: v for k, v in trial.user_attrs.items() if k.startswith("int8_")}
+
+
 def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: str | Path, *,
                  device: str | None = None, rule: Rule | None = None, verify: bool = True,
-                 progress: bool = True) -> dict[str, Any]:
+                 force: bool = False, progress: bool = True, trust_factory: str | None = None) -> dict[str, Any]:
     """Writes the trial's model and provenance to ``out_dir`` and re-verifies its metrics.
 
     ``progress`` reports the test split's strong attacks (a bar, or a line every 30 s off a terminal).
 
+    Args:
+        force: export a trial whose masking flags made it infeasible (``eval.on_flag: infeasible``).
+        trust_factory: the ``"module:function"`` model factory the caller trusts; a trial
+            checkpoint naming any other factory is refused before anything is imported.
+
     Raises:
+        ConfigError: the trial is not complete, or is flagged for gradient masking and ``force`` is off;
+            its checkpoint holds another model or dataset than the study's, or names an untrusted factory.
         ExportMismatch: the re-evaluated validation metrics differ from the trial's beyond noise.
     """
     cfg = stored_config(study)
     if trial.state != optuna.trial.TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: nothing to export")
+    if trial.constraints and trial.user_attrs.get("infeasible_reason") and not force:
+        raise ConfigError(f"trial {trial.number} is infeasible: {trial.user_attrs['infeasible_reason']}; its robust "
+                          "accuracy is not trusted (pass --force to export it anyway)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = _fetch_checkpoint(study, trial, out / "model.pt")
-    model, meta = load_checkpoint(ckpt)
+    model, meta = load_checkpoint(ckpt, expect_model={"arch": cfg.model.arch, "factory": cfg.model.factory},
+                                  expect_dataset={"name": cfg.data.dataset}, trust_factory=trust_factory)
     dev = get_device(device)
     model = model.to(dev).eval()
     splits = make_splits(cfg.data)
@@ -271,8 +304,13 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: 
         "study": study.study_name, "trial": trial.number, "rule": str(rule) if rule else None,
         "params": trial.params, "seed": ua.get("seed"), "values": trial.values,
         "metric_names": study.metric_names,
-        "trial_metrics": {k: v for k, v in ua.items() if not k.startswith("artifact")},
-        "verification": checks, "test_metrics": test_metrics,
+        "trial_metrics": {**{k: v for k, v in ua.items() if not k.startswith("artifact")},
+                          **certified_attrs(study, trial)},
+        "verification": checks, "test_metrics": test_metrics, "test_sha256": split_fingerprint(splits.test),
+        # `study certify`'s held-out measurement with the full suite, preferred where present
+        "certified_metrics": certified_attrs(study, trial) or None,
+        "headline": ("certified" if certified_attrs(study, trial) else "export_test"),
+        "int8_metrics": int8_metrics(trial) or None, "cost_kind": cfg.cost, "forced": bool(force),
         "threat": to_dict(cfg.threat), "data": to_dict(cfg.data), "eval_attacks": list(cfg.eval.export_attacks),
         "model": meta.get("model"), "dataset": meta.get("dataset"), "prune": meta.get("prune"),
         "quant": meta.get("quant"), "finetune": meta.get("finetune"), "files": {"checkpoint": "model.pt", **plain},
@@ -307,16 +345,28 @@ def _machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
 
 
-def load(path: str | Path) -> torch.nn.Module:
-    """Rebuilds an exported (or any searchprune) model from a directory or checkpoint file."""
+def load(path: str | Path, *, trust_factory: str | None = None,
+         expect_dataset: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Rebuilds an exported (or any searchprune) model from a directory or checkpoint file.
+
+    Nothing the file names is imported: a checkpoint of a user's own model factory loads only
+    with ``trust_factory="module:function"`` naming exactly that factory.
+    """
     p = Path(path)
-    model, _ = load_checkpoint(p / "model.pt" if p.is_dir() else p)
+    model, _ = load_checkpoint(p / "model.pt" if p.is_dir() else p, trust_factory=trust_factory,
+                               expect_dataset=expect_dataset)
     return model
 
 
 def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
-                    data_dir: str | None = None) -> dict[str, Any]:
-    """Re-measures an export directory on its test split; returns measured and recorded metrics."""
+                    data_dir: str | None = None, trust_factory: str | None = None) -> dict[str, Any]:
+    """Re-measures an export directory on its test split; returns measured and recorded metrics.
+
+    Raises:
+        ConfigError: not an export directory, a checkpoint of another dataset than the metadata
+            names, data that does not fit the model, or a test split other than the one the
+            export was measured on (``data_dir`` pointing at another dataset).
+    """
     p = Path(path)
     meta_path = p / "metadata.json"
     if not meta_path.is_file():
@@ -326,8 +376,22 @@ def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tup
     if data_dir is not None:
         data["data_dir"] = data_dir
     dev = get_device(device)
-    model = load(p).to(dev).eval()
+    model, ckpt_meta = load_checkpoint(p / "model.pt", expect_dataset={"name": data.get("dataset")},
+                                       trust_factory=trust_factory)
+    model = model.to(dev).eval()
     splits = make_splits(build(DataConfig, data, "data"))
+    have, info = ckpt_meta.get("dataset", {}), splits.info
+    for key, got in (("num_classes", info.num_classes), ("in_channels", info.in_channels),
+                     ("image_size", list(info.image_size))):
+        recorded = have.get(key)
+        if recorded is not None and (list(recorded) if key == "image_size" else recorded) != got:
+            raise ConfigError(f"{str(p)!r}: the model was trained with {key} {recorded}, but the data "
+                              f"loaded for {data['dataset']!r} has {got}")
+    want = meta.get("test_sha256")
+    if want is not None and split_fingerprint(splits.test) != want:
+        where = f" from --data-dir {data_dir!r}" if data_dir is not None else ""
+        raise ConfigError(f"{str(p)!r}: the test split of {data['dataset']!r} loaded{where} is not the one the "
+                          "export was measured on (its sha256 differs): another dataset or other files?")
     threat = build(ThreatModel, meta["threat"], "threat")
     atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
     res = evaluate(model, BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev), threat,

@@ -60,7 +60,7 @@ def build_context(cfg: StudyConfig, *, device: str | None = None,
         base_model=model.to(dev).eval(), base_meta={k: meta[k] for k in ("model", "dataset")}, splits=splits,
         threat=cfg.threat, eval=cfg.eval, device=dev, eval_batch_size=cfg.data.eval_batch_size,
         cache_dir=cfg.out_path.resolve() / "cache", rung_n_eval=cfg.pruner.rung_n_eval,
-        rung_pgd_steps=cfg.pruner.rung_pgd_steps, progress=progress,
+        rung_pgd_steps=cfg.pruner.rung_pgd_steps, cost=cfg.cost, progress=progress,
     )
 
 
@@ -108,10 +108,12 @@ class Objective:
                 result = run_trial(params, self.ctx)
             else:
                 reporter = self.pruner.reporter(trial)
-                cost = self.cfg.cost
+                # rungs measure macs and bitops; other cost kinds (size, latency) rank by MACs there,
+                # which fine-tuning does not change either
+                kind = self.cfg.cost if self.cfg.cost in ("macs", "bitops") else "macs"
 
                 def on_rung(k: int, epochs_done: float, metrics: Mapping[str, float]) -> None:
-                    reporter(k, epochs_done, {**metrics, "cost": metrics[cost]})
+                    reporter(k, epochs_done, {**metrics, "cost": metrics[kind]})
 
                 result = run_trial(params, self.ctx, rungs=self.pruner.rungs, on_rung=on_rung)
         except optuna.TrialPruned:
@@ -130,12 +132,15 @@ class Objective:
         for k, v in result.flags.items():
             trial.set_user_attr(f"flag_{k}", bool(v))
         trial.set_user_attr("flag_any", any(result.flags.values()))
+        trial.set_user_attr("cost_kind", self.cfg.cost)
         self._constraints(trial, result)
         self._save(trial, result, params)
+        cost = result.cost(self.cfg.cost)
+        flagged = f"  FLAGGED ({self.cfg.eval.on_flag}): {result.flag_reason}" if result.flag_reason else ""
         self.log(f"trial {trial.number}: clean {result.clean_acc:.4f}  robust {result.robust_acc:.4f}  "
-                 f"macs {result.macs / 1e6:.2f}M ({result.macs / max(result.dense_macs, 1):.0%})  "
-                 f"{result.time_s:.1f}s")
-        return result.clean_acc, result.robust_acc, result.cost(self.cfg.cost)
+                 f"macs {result.macs / 1e6:.2f}M ({result.macs / max(result.base_macs, 1):.0%})  "
+                 f"{self.cfg.cost} {cost:.4g}  {result.time_s:.1f}s{flagged}")
+        return result.clean_acc, result.robust_acc, cost
 
     def _constraints(self, trial: optuna.Trial, result: TrialResult) -> None:
         c = self.cfg.constraints
@@ -145,9 +150,19 @@ class Objective:
             trial.set_constraint("max_bitops", (result.bitops - c.max_bitops) / c.max_bitops)
         if c.min_clean_acc is not None:
             trial.set_constraint("min_clean_acc", c.min_clean_acc - result.clean_acc)
+        # Every trial: > 0 (infeasible, off the front) exactly when it is flagged at chance level.
+        gap = float(result.checks["chance_threshold"]) - result.clean_acc
+        trial.set_constraint("above_chance", max(gap, 1e-9) if result.flags.get("chance") else min(gap, -1e-9))
+        masking = self.cfg.eval.checks and self.cfg.eval.on_flag == "infeasible"
+        if masking:
+            # a fired masking flag: the robustness number is not trusted, so the trial leaves the
+            # feasible front (1.0 = violated; 0.0 = satisfied)
+            trial.set_constraint("masking", 1.0 if result.flagged else 0.0)
+            if result.flagged:
+                trial.set_user_attr("infeasible_reason", result.flag_reason)
         if any(v > 0 for v in getattr(trial, "constraints", {}).values()):
             trial.set_user_attr("feasible", False)
-        elif c.max_macs is not None or c.max_bitops is not None or c.min_clean_acc is not None:
+        elif c.max_macs is not None or c.max_bitops is not None or c.min_clean_acc is not None or masking:
             trial.set_user_attr("feasible", True)
 
     def _save(self, trial: optuna.Trial, result: TrialResult, params: TrialParams) -> None:

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import TrialDefaults
 from ..errors import ConfigError
 from .baselines import BASELINES
-from .reports import hypervolume, reference_point
+from .reports import certified_attrs, hypervolume, reference_point
 from .space import strip_tag, trial_params_from_flat
 from .study import stored_config
 
@@ -178,7 +178,9 @@ def trial_points(study: optuna.Study) -> list[TrialPoint]:
             continue
         method, recipe, bits, sparsity = _resolve(t, defaults)
         out.append(TrialPoint(t.number, tuple(float(v) for v in t.values), method, recipe, bits, sparsity,
-                              baseline_name(t, method, recipe, sparsity), _feasible(t), t.user_attrs))
+                              baseline_name(t, method, recipe, sparsity), _feasible(t),
+                              # `study certify` keeps test_* in a study attribute (finished trials are read-only)
+                              {**t.user_attrs, **certified_attrs(study, t)}))
     return out
 
 

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from .export import parse_rule, select_trial, trial_metric
 from .plot_data import metric, trial_points
 from .plots import figures
-from .reports import format_table, pareto_rows, study_summary
+from .reports import certified_attrs, format_table, pareto_rows, study_summary
 from .study import stored_config
 
 __all__ = ["write_report", "default_rules", "report_html"]
@@ -58,7 +58,7 @@ def default_rules(study: optuna.Study) -> list[str]:
     names = list(study.metric_names or ["clean_acc", "robust_acc", "macs"])
     rules = ["max robust_acc", "max clean_acc", f"min {names[2]}", "max robust_acc where mac_ratio <= 0.5",
              "max robust_acc where mac_ratio <= 0.25"]
-    if any("test_worst_acc" in t.user_attrs for t in study.best_trials):
+    if any("test_worst_acc" in certified_attrs(study, t) for t in study.best_trials):
         rules.append("max test_worst_acc")
     return rules
 
@@ -121,7 +121,7 @@ def _pareto_html(study: optuna.Study) -> str:
     if not rows:
         return "<p class='muted'>no completed feasible trial yet</p>"
     by_number = {p.number: p for p in trial_points(study)}
-    test_keys = sorted({k for t in study.best_trials for k, v in t.user_attrs.items()
+    test_keys = sorted({k for t in study.best_trials for k, v in certified_attrs(study, t).items()
                         if k.startswith("test_") and isinstance(v, int | float) and not isinstance(v, bool)})
     cols = ["trial", "method", "recipe", "bits", "sparsity", "clean_acc", "robust_acc", "transfer_acc", "macs",
             "mac_ratio", "bitops", *test_keys, "flags"]

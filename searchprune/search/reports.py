@@ -13,12 +13,27 @@ from optuna.trial import TrialState
 from . import hypervolume as _hv
 
 __all__ = [
-    "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
-    "study_hypervolume",
+    "CERTIFIED_ATTR", "certified_attrs", "cost_kind", "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary",
+    "reference_point", "hypervolume", "study_hypervolume",
 ]
 
-TABLE_COLUMNS = ("trial", "clean_acc", "robust_acc", "transfer_acc", "macs", "mac_ratio", "bitops",
-                 "sparsity", "flags", "params")
+TABLE_COLUMNS = ("trial", "clean_acc", "robust_acc", "transfer_acc", "macs", "mac_ratio", "dense_macs", "bitops",
+                 "size_bytes", "latency_ms", "test_worst_acc", "sparsity", "flags", "params")
+
+
+CERTIFIED_ATTR = "certified"  # study user attribute: {trial number (str): {test_* attributes}} (study certify)
+
+
+def certified_attrs(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's ``test_*`` attributes written by ``study certify`` (empty when not certified).
+
+    A finished trial's user attributes cannot change in Optuna, so certification stores them in the
+    study user attribute :data:`CERTIFIED_ATTR`; ``test_*`` user attributes of the trial itself
+    (none today) would be read too.
+    """
+    stored = study.user_attrs.get(CERTIFIED_ATTR, {})
+    own = {k: v for k, v in trial.user_attrs.items() if k.startswith("test_")}
+    return {**own, **stored.get(str(trial.number), {})}
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
@@ -52,7 +67,9 @@ def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
         rows.append({
             "trial": t.number, "clean_acc": t.values[0], "robust_acc": t.values[1],
             "transfer_acc": ua.get("transfer_acc"), "macs": int(ua.get("macs", t.values[2])),
-            "mac_ratio": ua.get("mac_ratio"), "bitops": ua.get("bitops"), "sparsity": ua.get("sparsity"),
+            "mac_ratio": ua.get("mac_ratio"), "dense_macs": ua.get("dense_macs"), "bitops": ua.get("bitops"),
+            "size_bytes": ua.get("size_bytes"), "latency_ms": ua.get("latency_ms"), "sparsity": ua.get("sparsity"),
+            "test_worst_acc": certified_attrs(study, t).get("test_worst_acc"),  # after `study certify`
             "flags": ",".join(flags) or "-",
             "params": " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in t.params.items()
                                if not k.startswith("prune.layer_sparsity.")),
@@ -90,12 +107,25 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     return out
 
 
+def cost_kind(study: optuna.Study) -> str:
+    """The study's third objective (the cost axis): its third metric name, "macs" by default."""
+    return study.metric_names[2] if study.metric_names and len(study.metric_names) > 2 else "macs"
+
+
 def reference_point(study: optuna.Study) -> list[float]:
-    """Clean and robust accuracy 0, cost = the dense model's (the worst a sensible trial can be)."""
-    costs = [t.user_attrs.get("dense_macs", t.values[2]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    """Clean and robust accuracy 0, cost = the dense base model's (the worst a sensible trial can be).
+
+    The base model's cost is the ``base_<kind>`` attribute every trial stores; trials from before
+    it existed fall back to their own cost (and, for MACs, to their base ``dense_macs`` record).
+    """
+    kind = cost_kind(study)
+    costs = []
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        ref = t.user_attrs.get(f"base_{kind}")
+        if ref is None and kind == "macs" and "base_macs" not in t.user_attrs:
+            ref = t.user_attrs.get("dense_macs")  # before issue 9, dense_macs held the base model's MACs
+        costs.append(float(ref) if isinstance(ref, int | float) else float(t.values[2]))
     cost_ref = max(costs) if costs else 1.0
-    if study.metric_names and study.metric_names[2] == "bitops":
-        cost_ref = cost_ref * 32 * 32
     return [0.0, 0.0, float(cost_ref) * 1.0001]
 
 

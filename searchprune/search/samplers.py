@@ -9,12 +9,13 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import optuna
 
 from .._registry import Registry
 from ..errors import ConfigError
 
-__all__ = ["SamplerFactory", "SAMPLERS", "register_sampler", "list_samplers", "make_sampler"]
+__all__ = ["SamplerFactory", "SAMPLERS", "register_sampler", "list_samplers", "make_sampler", "run_seed"]
 
 SamplerFactory = Callable[[int | None, dict[str, Any]], optuna.samplers.BaseSampler]
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
@@ -37,6 +38,21 @@ def make_sampler(name: str, *, seed: int | None,
         ConfigError: an unknown name (listing the registered ones) or a missing dependency.
     """
     return SAMPLERS.get(name)(seed, dict(options or {}))
+
+
+def run_seed(seed: int | None, *, worker: int, n_trials: int) -> int | None:
+    """The sampler seed of one worker in one ``study optimize`` run.
+
+    Derived from the study seed, the worker index and the number of trials already in storage (any
+    state), mixed by :class:`numpy.random.SeedSequence`: parallel workers of one run differ by their
+    index, and a resumed run differs from the previous one because the study holds more trials, so
+    neither re-proposes the points an earlier sampler drew. A run that starts from the same history
+    with the same worker index gets the same seed, so it proposes the same points (reproducible).
+    ``seed=None`` stays None (an unseeded sampler).
+    """
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, worker, n_trials]).generate_state(1)[0])
 
 
 @register_sampler("tpe")
@@ -67,4 +83,4 @@ def _gp(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSample
 
 @register_sampler("random")
 def _random(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed, **options)  # takes none: a stray option is an error

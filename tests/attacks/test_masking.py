@@ -11,6 +11,8 @@ import torch
 from _toys import toy_data, toy_net
 from torch import nn
 
+from searchprune.attacks import get_attack
+from searchprune.attacks._base import predict
 from searchprune.attacks.masking import (
     FLAG_NAMES,
     CheckBudget,
@@ -199,6 +201,41 @@ def test_thresholds_live_in_one_dataclass_and_reach_the_flags_and_report(nets, l
     report = masking_checks(net, loader, THREAT, pgd_acc=0.9, strong_acc=0.2, transfer_acc=0.95, thresholds=thr)
     assert report.thresholds == MaskingThresholds(monotone_tol=0.5, converge_margin=0.5).as_dict()
     assert report.thresholds["monotone_tol"] == 0.5 and set(report.thresholds) == {
-        "grad_tol", "zero_grad_max_frac", "strong_gap_margin", "transfer_margin", "monotone_tol", "converge_margin"}
+        "grad_tol", "zero_grad_max_frac", "strong_gap_margin", "scaled_gap_margin", "transfer_margin", "monotone_tol",
+        "converge_margin"}
     with pytest.raises(AttributeError):
         thr.monotone_tol = 0.0  # type: ignore[misc]
+
+
+class Saturating(nn.Module):
+    """Logits multiplied by ``temperature``: the same predictions, but the softmax saturates, so the
+    cross-entropy input gradient of confidently classified inputs underflows to exactly zero in fp32
+    and PGD stands still on those (a partial hiding: inputs near the boundary keep their gradient)."""
+
+    def __init__(self, net: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.net, self.temperature = net, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.temperature
+
+
+def test_partially_hidden_gradients_that_overstate_pgd_are_flagged(nets, loader) -> None:
+    net, _ = nets
+    threat = ThreatModel(eps=0.1, alpha=0.025, steps=20)  # the PGD-20 a study would run
+    hiding = Saturating(net, 5.0).eval()
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    zero = zero_grad_fraction(hiding, x, y)
+    assert 0 < float(zero.float().mean()) < 1  # partial: some inputs keep their gradient
+    pgd = get_attack("pgd")
+    torch.manual_seed(0)
+    honest = float((predict(net, pgd(net, x, y, threat)) == y).float().mean())
+    torch.manual_seed(0)
+    shown = float((predict(hiding, pgd(hiding, x, y, threat)) == y).float().mean())
+    assert shown - honest > 0.05  # PGD-20 overstates robustness by more than 5 points
+    report = masking_checks(hiding, loader, threat, budget=CheckBudget(apgd_steps=10, square_queries=20),
+                            thresholds=MaskingThresholds(scaled_gap_margin=0.03))
+    assert report.suspicious
+    assert "scaled_gap" in report.fired  # the logit-scaled PGD sees through the saturation
+    assert report.scaled_acc is not None and report.scaled_acc <= honest + 0.05

@@ -143,3 +143,20 @@ def test_dashboard_page_screenshot(dashboard, tmp_path):
     keep = os.environ.get("SEARCHPRUNE_KEEP_SCREENSHOT")
     if keep:  # for a human look: SEARCHPRUNE_KEEP_SCREENSHOT=/tmp/dash.png pytest -m slow ...
         shutil.copy(shot, keep)
+
+
+def test_a_port_in_use_is_one_line_naming_it(tmp_path, capsys):
+    import socket
+
+    from searchprune.cli import main
+
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    study = optuna.create_study(study_name=STUDY, storage=url, directions=DIRECTIONS)
+    study.set_user_attr(CONFIG_ATTR, to_dict(build(StudyConfig, {"name": STUDY, "output_dir": str(tmp_path)})))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["study", "dashboard", "--name", STUDY, "--storage", url, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: port {port} on 127.0.0.1 is already in use; pick another with --port\n"

@@ -170,7 +170,7 @@ def test_constraints_mark_infeasible_trials(tmp_path, base):
     study = optimize("constrained", _url(tmp_path), quiet=True)
     t0, t1, _ = study.get_trials()
     for t in study.get_trials():
-        assert set(t.constraints) == {"max_macs", "min_clean_acc"}
+        assert set(t.constraints) == {"max_macs", "min_clean_acc", "above_chance"}  # every trial: chance level
         cap = 0.5 * dense_macs
         assert t.constraints["max_macs"] == pytest.approx((t.user_attrs["macs"] - cap) / cap)
         assert t.constraints["min_clean_acc"] == pytest.approx(0.01 - t.values[0])

@@ -1,0 +1,187 @@
+"""``--paper joint``: the joint search of ``studies/fmnist_full.yaml`` with every seed recipe enqueued,
+its front re-measured on held-out test images, and which recipes the front dominates there.
+
+The search selects on validation images; a claim that the front dominates a recipe is decided only
+after every front trial and every recipe is replayed (same params, same seed, through ``run_trial``)
+on test images the search never saw. Replays are written to ``DIR/results.jsonl`` as they finish and
+skipped on a rerun; the study itself resumes from its SQLite storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from searchprune.config import StudyConfig, build, load_yaml, to_dict
+from searchprune.search import baseline_trials, build_context, create_study, load_study, optimize, prunable_layer_names
+from searchprune.search.baselines import list_baselines
+from searchprune.search.space import replay_params
+from searchprune.trial import run_trial
+
+from .core import append_result, dominates, load_results
+from .papers import ROOT
+
+__all__ = ["joint_config", "run_joint", "RECIPES"]
+
+RECIPES = ("dense", "dense_aft", "shrinkbench", "gap", "adver_fine", "hydra", "mrpf", "in_train")
+
+
+def joint_config(out: Path, *, quick: bool) -> tuple[StudyConfig, list[str]]:
+    """The study config (fmnist_full.yaml with every recipe enqueued, outputs under ``out``) and the
+    recipes it could not enqueue (``dense_aft`` until the honest-fronts baseline lands)."""
+    raw: dict[str, Any] = dict(load_yaml(ROOT / "studies" / "fmnist_full.yaml"))
+    have = set(list_baselines())
+    missing = [r for r in RECIPES if r not in have]
+    level = "@0.7" if quick else ""
+    raw["baselines"] = [r if r.startswith("dense") else f"{r}{level}" for r in RECIPES if r in have]
+    raw["name"] = "fmnist_full_repro"
+    raw["output_dir"] = str(out)
+    raw["storage"] = f"sqlite:///{(out / 'study.db').resolve()}"
+    if quick:
+        raw["data"] = {**raw["data"], "train_size": 2000, "val_size": 500, "test_size": 500}
+        raw["model"] = {**raw["model"], "checkpoint": str(out / "base_cnn8_fmnist.pt"),
+                        "train": {**raw["model"]["train"], "epochs": 1}}
+        raw["eval"] = {**raw["eval"], "n_eval": 500, "n_stage_eval": 128, "check_apgd_steps": 20,
+                       "check_square_queries": 100}
+    cfg = build(StudyConfig, raw)
+    if quick:
+        cfg = dataclasses.replace(cfg, n_trials=len(baseline_trials(cfg)) + 8)
+    return cfg, missing
+
+
+def _label(trial: optuna.trial.FrozenTrial, cfg: StudyConfig) -> str:
+    if not trial.user_attrs.get("baseline"):
+        return f"search #{trial.number}"
+    entries = [e for e in cfg.baselines for _ in (baseline_trials(dataclasses.replace(cfg, baselines=(e,))))]
+    for entry, params in zip(entries, baseline_trials(cfg)):
+        if all(trial.params.get(k) == v for k, v in params.items()):
+            return entry
+    return f"baseline #{trial.number}"
+
+
+def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command: str) -> Path:
+    """Creates (or resumes) the study, optimizes it, replays front + recipes on test, writes REPORT.md."""
+    cfg, missing = joint_config(out, quick=quick)
+    storage = cfg.storage
+    assert storage is not None
+    try:
+        load_study(cfg.name, storage)
+    except Exception:  # noqa: BLE001 - not created yet
+        create_study(cfg)
+    study = optimize(cfg.name, storage, n_trials=cfg.n_trials, device=device, progress=False)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    front = {t.number for t in study.best_trials}
+    picks = [t for t in done if t.user_attrs.get("baseline") or t.number in front]
+    # replay on test: the search's context with its evaluation split swapped for the test split
+    ctx = build_context(cfg, device=device, progress=False)
+    ctx = dataclasses.replace(ctx, splits=dataclasses.replace(ctx.splits, val=ctx.splits.test), _transfer=None,
+                              eval=dataclasses.replace(ctx.eval, n_eval=None))
+    layers = prunable_layer_names(cfg, ctx)
+    results = out / "results.jsonl"
+    have = load_results(results)
+    for t in picks:
+        key = f"joint/trial{t.number}"
+        if key in have:
+            continue
+        params = replay_params(t.params, cfg.space, cfg.defaults, seed=int(t.user_attrs["seed"]), layer_names=layers)
+        t0 = time.perf_counter()
+        r = run_trial(params, ctx)
+        append_result(results, {
+            "key": key, "trial": t.number, "label": _label(t, cfg), "baseline": bool(t.user_attrs.get("baseline")),
+            "val_front": t.number in front, "val": {"clean_acc": t.values[0], "pgd_acc": t.values[1],
+                                                     "macs": t.user_attrs.get("macs", t.values[2])},
+            "metrics": r.metrics(), "flags": dict(r.flags), "params": to_dict(params),
+            "seconds": time.perf_counter() - t0,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        print(f"replayed trial {t.number} on test: clean {r.clean_acc:.4f} PGD {r.robust_acc:.4f}", flush=True)
+    return write_joint_report(out, cfg, missing, n_done=len(done), command=command, quick=quick, seeds=seeds)
+
+
+def _pt(m: Mapping[str, Any]) -> dict[str, float]:
+    return {"clean_acc": float(m["clean_acc"]), "pgd_acc": float(m["pgd_acc"]), "macs": float(m["macs"])}
+
+
+def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n_done: int, command: str,
+                       quick: bool, seeds: int) -> Path:
+    recs = sorted(load_results(out / "results.jsonl").values(), key=lambda r: r["trial"])
+    test_pts = {r["trial"]: _pt(r["metrics"]) for r in recs}
+    searched = [r for r in recs if not r["baseline"]]
+    test_front = [r for r in recs if not any(dominates(test_pts[o["trial"]], test_pts[r["trial"]]) for o in recs)]
+    lines = ["## Joint search: `studies/fmnist_full.yaml` with every seed recipe enqueued", "",
+             f"Command: `{command}`", "",
+             f"Mode: {'**--quick**' if quick else 'full'}; {n_done} of {cfg.n_trials} trials finished; "
+             f"{len(recs)} trials replayed on {cfg.data.test_size or 10000} test images: the recipes and the "
+             f"{sum(r['val_front'] for r in recs)} trial(s) of the feasible validation front (constraints: "
+             f"{to_dict(cfg.constraints)}).", "",
+             f"- Recipes enqueued: {', '.join(cfg.baselines)}." + (
+                 f" **Not enqueued (no such baseline yet): {', '.join(missing)}.**" if missing else ""),
+             "- The search selects on validation images; every number below is the trial replayed (same params and "
+             "seed, through `run_trial`) on held-out test images. A front trial *dominates* a recipe when it is at "
+             "least as good in clean accuracy, PGD accuracy and MACs on test, and better in one.",
+             "- Fine-tuning budgets are searched (1-3 epochs), so they differ between trials: each row states its "
+             "params.", f"- One search seed (the sampler's; `--seeds {seeds}` does not apply to a study)."]
+    if quick:
+        lines.append("- **--quick**: base trained 1 epoch, 2,000 fine-tuning / 500 validation / 500 test images, "
+                     "each recipe at sparsity 0.7, 8 sampled trials beyond the recipes.")
+    lines += ["", "| trial | what | val front | test front | clean (test) | PGD (test) | MACs | PGD (val) | "
+              "dominated on test by |", "|---|---|---|---|---|---|---|---|---|"]
+    front_ids = {r["trial"] for r in test_front}
+    for r in recs:
+        by = [o["trial"] for o in searched if dominates(test_pts[o["trial"]], test_pts[r["trial"]])]
+        lines.append(f"| {r['trial']} | {r['label']} | {'yes' if r['val_front'] else '-'} | "
+                     f"{'yes' if r['trial'] in front_ids else '-'} | {100 * r['metrics']['clean_acc']:.2f} | "
+                     f"{100 * r['metrics']['pgd_acc']:.2f} | {r['metrics']['mac_ratio']:.0%} | "
+                     f"{100 * r['val']['pgd_acc']:.2f} | {', '.join(f'#{b}' for b in by) or '-'} |")
+    recipes = [r for r in recs if r["baseline"]]
+    beaten = [r for r in recipes if any(dominates(test_pts[o["trial"]], test_pts[r["trial"]]) for o in searched)]
+    lines += ["", f"Searched trials dominate {len(beaten)} of {len(recipes)} recipes on test images"
+              + (f": {', '.join(r['label'] for r in beaten)}." if beaten else "."), ""]
+    png = _plot(recs, test_front, out / "joint.png")
+    if png is not None:
+        lines += [f"![joint front]({png.name})", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps({"paper": "joint", "quick": quick, "rows": cfg.n_trials,
+                                                  "done": n_done, "command": command}, indent=2))
+    return path
+
+
+def _plot(recs: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    if not recs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    s = [r for r in recs if not r["baseline"]]
+    ax.scatter([r["metrics"]["mac_ratio"] for r in s], [100 * r["metrics"]["pgd_acc"] for r in s], c="C0",
+               label="searched (test)")
+    ax.scatter([r["metrics"]["mac_ratio"] for r in s], [100 * r["val"]["pgd_acc"] for r in s], c="C0", alpha=0.25,
+               marker=".", label="searched (validation)")
+    f = sorted(front, key=lambda r: r["metrics"]["mac_ratio"])
+    ax.plot([r["metrics"]["mac_ratio"] for r in f], [100 * r["metrics"]["pgd_acc"] for r in f], "C0:",
+            label="test front")
+    for r in recs:
+        if r["baseline"]:
+            x, y = r["metrics"]["mac_ratio"], 100 * r["metrics"]["pgd_acc"]
+            ax.scatter([x], [y], marker="*", s=120, c="C3")
+            ax.annotate(r["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("MACs / dense MACs")
+    ax.set_ylabel("PGD accuracy (%, test)")
+    ax.set_title("fmnist_full: searched trials and seed recipes (stars), test images", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,177 @@
+"""The per-paper report (``DIR/REPORT.md`` + ``DIR/<paper>.png``) and ``docs/RESULTS.md``.
+
+The report is rewritten after every finished row, so a run stopped by a timeout leaves a report
+of the rows it finished, marked partial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .core import Cell, aggregate, load_results, lookup_reference, markdown_table
+
+__all__ = ["METRICS", "write_report", "plot_plan", "write_results_md"]
+
+METRICS = ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio", "sparsity")
+_MARK = {True: "met", False: "**missed**", None: "not decided"}
+
+
+def _cells(out: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
+    records = list(load_results(out / "results.jsonl").values())
+    return aggregate(records, METRICS), records
+
+
+def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: str = "") -> Path:
+    """Writes ``out/REPORT.md`` (tables, targets, notes) and ``out/<paper>.png``; returns the report path."""
+    cells, records = _cells(out)
+    done = {r["key"] for r in records}
+    n_done = sum(r.key in done for r in plan.rows)
+    status = "complete" if n_done == len(plan.rows) else f"**partial: {n_done} of {len(plan.rows)} rows finished**"
+    last = max((r.get("finished", "") for r in records), default="")
+    seconds = sum(float(r.get("seconds", 0.0)) for r in records)
+    lines = [f"## Seed {plan.paper}: {plan.title}", "",
+             f"Command: `{command}`", "",
+             f"Mode: {'**--quick** (CPU-sized, see notes)' if quick else 'full'}; {status}; "
+             f"{seconds / 60:.0f} min of rows; last row {last or '-'}." + (f" Machine: {machine}." if machine else ""),
+             ""]
+    lines += [f"- {n}" for n in plan.notes]
+    for b in plan.setup.bases.values():
+        lines.append(f"- Base `{b.name}`: {b.model.arch}, {b.train.recipe} training, {b.note}.")
+    lines.append("")
+    for spec in plan.tables:
+        sel = [c for c in cells if c.table == spec.table]
+        if not sel:
+            continue
+        lines += [f"### {spec.caption}", "", markdown_table(sel, plan.refs, extra=spec.extra), ""]
+    targets = plan.targets(cells)
+    if targets:
+        lines += ["### Targets", ""]
+        lines += [f"- {t.claim}: {_MARK[t.met]} ({t.detail})" for t in targets]
+        lines.append("")
+    png = plot_plan(plan, cells, out / f"{plan.paper}.png")
+    if png is not None:
+        lines += [f"![seed {plan.paper}]({png.name})", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps({
+        "paper": plan.paper, "quick": quick, "rows": len(plan.rows), "done": n_done, "command": command,
+        "targets": [{"claim": t.claim, "met": t.met, "detail": t.detail} for t in targets]}, indent=2))
+    return path
+
+
+def plot_plan(plan: Any, cells: Sequence[Cell], path: Path) -> Path | None:
+    """One panel per (plotted table, metric): measured mean ± std per series, the paper's numbers
+    as hollow markers on a dotted line of the same colour. None when nothing is plottable yet."""
+    panels = []
+    for spec in plan.tables:
+        if not spec.xlabel:
+            continue
+        sel = [c for c in cells if c.series and c.x is not None and
+               (c.table == spec.table or c.table in spec.plot_with)]
+        mine = {c.series for c in cells if c.table == spec.table and c.series}
+        sel = [c for c in sel if c.series in mine]
+        if len({c.x for c in sel}) < 2:
+            continue
+        metrics = ["clean_acc", "pgd_acc"] + [m for _, m in spec.extra if m.endswith("_acc")]
+        panels += [(spec, m, sel) for m in metrics]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, (spec, metric, sel) in zip(axes.flat, panels):
+        series = sorted({c.series for c in sel})
+        for i, name in enumerate(series):
+            pts = sorted((c for c in sel if c.series == name), key=lambda c: float(c.x or 0))
+            xs = [float(c.x or 0) for c in pts]
+            ys = [100 * c.mean(metric) for c in pts]
+            es = [0.0 if math.isnan(c.std(metric)) else 100 * c.std(metric) for c in pts]
+            color = f"C{i}"
+            ax.errorbar(xs, ys, yerr=es, marker="o", color=color, label=name, capsize=3)
+            ref_pts = []
+            for c in pts:
+                ref = lookup_reference(plan.refs, c)
+                val = None if ref is None else (ref.clean if metric == "clean_acc" else
+                                                ref.pgd if metric == "pgd_acc" else None)
+                if val is not None:
+                    ref_pts.append((float(c.x or 0), val))
+            if ref_pts:
+                ax.plot(*zip(*ref_pts), linestyle=":", marker="o", mfc="none", color=color, label=f"{name} (paper)")
+        if spec.xlog:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(spec.xlabel)
+        ax.set_ylabel(f"{metric.replace('_acc', '')} accuracy (%, test)")
+        ax.set_title(spec.caption[:60], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+HEADER = """# Reproducing the seed papers
+
+Every table below is produced by `scripts/reproduce.py` (one `searchprune.trial.run_trial` call per row,
+no Optuna) and assembled by `python scripts/reproduce.py --write-results`. Numbers are measured here,
+on held-out **test** images, with the threat model each section states; the papers' numbers sit beside
+them (`shared/reference/methods.md`). A row is written to `DIR/results.jsonl` as it finishes and a rerun
+skips finished rows, so a full run can be stopped and resumed. `±` is the sample standard deviation over
+seeds (seeds vary pruning randomness, calibration and fine-tuning order; each base is trained once).
+
+Where a section says **--quick** or **partial**, its numbers come from CPU-sized settings (fewer
+fine-tuning images and epochs, fewer test images, shortened base training) or from a run stopped
+before all rows finished: they show the machinery and the direction of each effect, not the papers'
+full-budget numbers. Full runs: the same command without `--quick` (hours on a CPU).
+
+CIFAR-10 versions of the studies, runnable unchanged on a CUDA machine (`searchprune study create --config F`
+then `searchprune study optimize`; each validates at creation): `studies/adver_fine_cifar10.yaml` (seed 001,
+ResNet-20), `studies/gap_cifar10.yaml` (000, ResNet-20), `studies/in_train_cifar10.yaml` (002, ResNet-20, L1-filter
+at matching MAC ratios), `studies/hydra_cifar10.yaml` (003, VGG-16), `studies/mrpf_cifar10.yaml` (004, ResNet-20).
+None of them was run in this session (no GPU was available); every table below ran on CPU, as its section says.
+"""
+
+
+def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "",
+                     not_run: Sequence[tuple[str, str]] = ()) -> Path:
+    """Assembles ``dest`` (docs/RESULTS.md) from each run directory's ``REPORT.md``; the plots are
+    copied beside it into ``results/`` and the image links rewritten."""
+    parts = [HEADER, preamble] if preamble else [HEADER]
+    img_dir = dest.parent / "results"
+    status = ["| paper | mode | rows | run directory |", "|---|---|---|---|"]
+    bodies = []
+    for d in dirs:
+        rep, summ = d / "REPORT.md", d / "summary.json"
+        if not rep.exists() or not summ.exists():
+            continue
+        s = json.loads(summ.read_text())
+        text = rep.read_text()
+        for png in d.glob("*.png"):
+            img_dir.mkdir(parents=True, exist_ok=True)
+            target = img_dir / f"{d.name}-{png.name}"
+            shutil.copyfile(png, target)
+            text = text.replace(f"]({png.name})", f"](results/{target.name})")
+        status.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']} | "
+                      f"`{d}` |")
+        bodies.append(text)
+    done = {json.loads((d / "summary.json").read_text())["paper"] for d in dirs if (d / "summary.json").exists()}
+    for paper, command in not_run:
+        if paper not in done:
+            status.append(f"| {paper} | **not run in this session** | 0 | `{command}` |")
+    parts += ["## What was run", "", *status, "", *bodies]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(parts).rstrip() + "\n")
+    return dest

@@ -1,0 +1,107 @@
+"""Reproduce a seed paper's tables through the trial core, resumably, and write docs/RESULTS.md.
+
+    python scripts/reproduce.py --paper 001 --quick            # CPU-sized, <= 30 min on 2 cores
+    python scripts/reproduce.py --paper 001 --seeds 3          # the full settings (hours on a CPU)
+    python scripts/reproduce.py --paper 001 --report-only      # rewrite the tables from results.jsonl
+    python scripts/reproduce.py --write-results                # assemble docs/RESULTS.md from runs/repro/*
+
+Each row of a table is one ``searchprune.trial.run_trial`` call with hand-written TrialParams: the
+code a study runs, with no Optuna involved. Rows are appended to ``DIR/results.jsonl`` as they finish
+(default DIR: ``runs/repro/<paper>[-quick]``); a rerun skips the finished ones, and refuses a results
+file made with other settings. After every row ``DIR/REPORT.md`` (measured beside the paper's numbers,
+the targets, the notes) and ``DIR/<paper>.png`` are rewritten. Base models are trained once and cached
+in ``--bases`` (shared by the papers that use the same recipe). Every number is measured on held-out
+test images. ``--paper joint`` runs ``studies/fmnist_full.yaml`` as a study instead (see _repro/joint.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from _repro.papers import list_papers, make_plan
+from _repro.report import write_report, write_results_md
+from _repro.runner import run_rows
+
+from searchprune._torch import set_cpu_threads
+from searchprune.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("000", "001", "002", "003", "004", "joint")
+
+
+def default_out(paper: str, quick: bool) -> Path:
+    return Path("runs/repro") / (f"{paper}-quick" if quick else paper)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--paper", choices=[*list_papers(), "joint"], help="which seed paper to reproduce")
+    ap.add_argument("--quick", action="store_true", help="CPU-sized settings (the report says how they differ)")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    ap.add_argument("--out", type=Path, default=None, help="run directory (default runs/repro/<paper>[-quick])")
+    ap.add_argument("--bases", type=Path, default=None, help="base-model cache (default runs/repro/bases[-quick])")
+    ap.add_argument("--base-checkpoint", action="append", default=[], metavar="NAME=PATH",
+                    help="use an existing base model for base NAME (e.g. standard=runs/base/cnn8_fmnist_paper_standard"
+                         ".pt, from `searchprune train --config studies/train/cnn8_fmnist_standard.yaml`)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite DIR/REPORT.md from results.jsonl")
+    ap.add_argument("--write-results", action="store_true", help="assemble docs/RESULTS.md from run directories")
+    ap.add_argument("--from", dest="from_dirs", type=Path, nargs="*", default=None,
+                    help="run directories for --write-results (default: every runs/repro/* with a REPORT.md)")
+    ap.add_argument("--results-md", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    ap.add_argument("--preamble", type=Path, default=None, help="markdown file put after RESULTS.md's header")
+    a = ap.parse_args(argv)
+    try:
+        if a.write_results:
+            dirs = a.from_dirs if a.from_dirs is not None else sorted(
+                (d for d in Path("runs/repro").glob("*") if (d / "REPORT.md").exists()),
+                key=lambda d: (ORDER.index(d.name.split("-")[0]) if d.name.split("-")[0] in ORDER else 99, d.name))
+            not_run = [(p, f"python scripts/reproduce.py --paper {p} --quick") for p in ORDER]
+            pre = a.preamble.read_text() if a.preamble is not None else ""
+            dest = write_results_md(dirs, a.results_md, not_run=not_run, preamble=pre)
+            print(f"wrote {dest} from {len(dirs)} run(s)")
+            return 0
+        if a.paper is None:
+            ap.error("give --paper (or --write-results)")
+        set_cpu_threads(a.threads)
+        out = a.out or default_out(a.paper, a.quick)
+        bases = a.bases or Path("runs/repro") / ("bases-quick" if a.quick else "bases")
+        command = shlex.join(["python", "scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
+        out.mkdir(parents=True, exist_ok=True)
+        if a.paper == "joint":
+            from _repro.joint import run_joint  # Optuna is needed only by this mode
+
+            run_joint(out, quick=a.quick, seeds=a.seeds, device=a.device, command=command)
+            return 0
+        plan = make_plan(a.paper, quick=a.quick, seeds=range(a.seeds))
+        machine = (f"{a.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, {torch.get_num_threads()} torch "
+                   f"thread(s) of {os.cpu_count()} cores, torch {torch.__version__}")
+        if a.report_only and (out / "command.txt").exists():  # the report names the command that ran the rows
+            command = (out / "command.txt").read_text().strip()
+        else:
+            (out / "command.txt").write_text(command + "\n")
+        given = {}
+        for item in a.base_checkpoint:
+            name, sep, path = item.partition("=")
+            if not sep or name not in plan.setup.bases:
+                raise ConfigError(f"--base-checkpoint: expected NAME=PATH with NAME one of "
+                                  f"{', '.join(plan.setup.bases)}, got {item!r}")
+            given[name] = Path(path)
+        if not a.report_only:
+            run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given,
+                     on_row=lambda: write_report(plan, out, command=command, quick=a.quick, machine=machine))
+        print(f"wrote {write_report(plan, out, command=command, quick=a.quick, machine=machine)}")
+        return 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""scripts/reproduce.py's bookkeeping (row keys, resume, tables, conversions, paper numbers) and one
+real tiny row through ``run_trial`` on synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from _repro import core, joint, papers, report, runner  # noqa: E402
+
+from searchprune.config import (  # noqa: E402
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PruneConfig,
+    ThreatModel,
+    TrainConfig,
+    TrialParams,
+    load_study_config,  # noqa: E402
+)
+from searchprune.errors import ConfigError  # noqa: E402
+from searchprune.search import validate_study  # noqa: E402
+from searchprune.search.baselines import BASELINES, baseline_trials, list_baselines  # noqa: E402
+
+
+def _setup(**data: object) -> core.Setup:
+    base = core.Base("std", ModelConfig(arch="mnist_small"), TrainConfig(recipe="standard", epochs=1, lr=0.05,
+                                                                         batch_size=64))
+    return core.Setup(data=DataConfig(dataset="synthetic", val_size=0, **data),  # type: ignore[arg-type]
+                      threat=ThreatModel(eps=0.02, alpha=0.01, steps=2),
+                      eval=EvalConfig(n_eval=None, transfer=False, checks=False, stagewise=False),
+                      bases={"std": base})
+
+
+def _row(seed: int = 0, sparsity: float = 0.5, method: str = "magnitude 0.5") -> core.Row:
+    return core.Row("009", "t", "std", method, "SFT", seed, TrialParams(prune=PruneConfig(sparsity=sparsity),
+                                                                         seed=seed), x=sparsity, series="mag")
+
+
+def test_row_key_names_the_cell_and_seed() -> None:
+    r = _row(seed=3)
+    assert r.key == "009/t/std/magnitude 0.5/SFT/seed3"
+    assert r.cell == ("t", "std", "magnitude 0.5", "SFT")
+    assert _row(seed=4).cell == r.cell and _row(seed=4).key != r.key
+
+
+def test_fingerprint_follows_what_decides_the_numbers() -> None:
+    s = _setup(train_size=100)
+    assert core.row_fingerprint(_row(), s) == core.row_fingerprint(_row(), s)
+    assert core.row_fingerprint(_row(sparsity=0.6), s) != core.row_fingerprint(_row(), s)
+    assert core.row_fingerprint(_row(), _setup(train_size=200)) != core.row_fingerprint(_row(), s)
+
+
+def test_resume_skips_finished_rows_and_refuses_other_settings(tmp_path: Path) -> None:
+    s = _setup()
+    rows = [_row(0), _row(1)]
+    path = tmp_path / "results.jsonl"
+    core.append_result(path, {"key": rows[0].key, "fingerprint": core.row_fingerprint(rows[0], s)})
+    with path.open("a") as f:
+        f.write('{"key": "truncated')  # a run killed while writing its last line
+    done = core.load_results(path)
+    assert list(done) == [rows[0].key]
+    assert core.pending_rows(rows, s, done) == [rows[1]]
+    with pytest.raises(ConfigError, match="other settings"):
+        core.pending_rows(rows, _setup(train_size=50), done)
+
+
+def _record(row: core.Row, clean: float, pgd: float, index: int = 0) -> dict:
+    return {"key": row.key, "table": row.table, "base": row.base, "method": row.method, "finetune": row.finetune,
+            "seed": row.seed, "x": row.x, "series": row.series, "index": index,
+            "metrics": {"clean_acc": clean, "pgd_acc": pgd, "mac_ratio": 0.25, "transfer_acc": None}}
+
+
+def test_aggregate_and_table_show_mean_spread_and_the_paper() -> None:
+    cells = core.aggregate([_record(_row(0), 0.80, 0.40), _record(_row(1), 0.90, 0.50)],
+                           ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio"))
+    assert len(cells) == 1 and cells[0].n == 2
+    assert cells[0].mean("clean_acc") == pytest.approx(0.85)
+    assert core.format_mean_std(cells[0], "clean_acc") == "85.00 ± 7.07"
+    assert core.format_mean_std(cells[0], "transfer_acc") == "-"  # not measured: no value
+    refs = {("t", "*", "magnitude 0.5", "SFT"): core.Reference(84.0, 50.0, "test")}
+    table = core.markdown_table(cells, refs)
+    head, sep, line = table.splitlines()
+    assert head.count("|") == sep.count("|") == line.count("|")
+    cols = [c.strip() for c in line.strip("|").split("|")]
+    assert cols[:5] == ["std", "magnitude 0.5", "SFT", "85.00 ± 7.07", "45.00 ± 7.07"]
+    assert cols[5:9] == ["84.00", "50.00", "+1.00", "-5.00"]
+    assert cols[-2:] == ["25%", "2"]
+
+
+def test_paper_lookup_exact_before_any_base() -> None:
+    cell = core.Cell("table3", "standard", "L1-filter 0.8", "AFT", 0.8, False)
+    ref = core.lookup_reference(papers.REFS_001, cell)
+    assert ref is not None and (ref.clean, ref.pgd) == (83.91, 76.74)
+    assert core.lookup_reference(papers.REFS_001, dataclasses.replace(cell, base="other")) is None
+
+
+def test_pixel_eps_converts_normalized_units() -> None:
+    assert core.pixel_eps(8 / 255, [0.3530]) == pytest.approx(0.011074, abs=1e-6)
+    assert core.pixel_eps(8 / 255, [0.247, 0.243, 0.261]) == pytest.approx(8 / 255 * 0.243)
+    with pytest.raises(ConfigError):
+        core.pixel_eps(0.1, [0.0])
+
+
+def test_compression_sparsity_is_shrinkbench_formula() -> None:
+    from searchprune.models import create_model
+
+    m = create_model("mnist_small", num_classes=10, in_channels=1, image_size=(28, 28))
+    total = sum(p.numel() for p in m.parameters())
+    prunable = sum(mod.weight.numel() for n, mod in m.named_modules() if n in ("conv1", "conv2", "fc1"))
+    for c in (2.0, 4.0, 8.0):
+        want = 1 - (total / c - (total - prunable)) / prunable
+        assert runner.compression_sparsity(m, c) == pytest.approx(want)
+
+
+def test_match_mac_ratio_finds_the_sparsity() -> None:
+    assert runner.match_mac_ratio(lambda s: (1 - s) ** 2, 0.25) == pytest.approx(0.5, abs=0.003)
+    with pytest.raises(ValueError):
+        runner.match_mac_ratio(lambda s: 0.9, 0.25)
+
+
+def test_plan_001_uses_the_paper_threat_model_and_test_images() -> None:
+    plan = papers.make_plan("001", quick=True, seeds=[0, 1])
+    assert plan.setup.threat.clamp is False and plan.setup.threat.random_start is False
+    assert plan.setup.data.val_size == 0
+    keys = [r.key for r in plan.rows]
+    assert len(keys) == len(set(keys))
+    cells = {r.cell for r in plan.rows if r.table == "table3"}
+    for b in ("standard", "pgd"):  # the control beside the compressed rows
+        assert ("table3", b, "dense", "AFT") in cells
+    aft = [r.params.finetune for r in plan.rows if r.finetune == "AFT" and r.table == "table3"]
+    assert aft and all(f is not None and f.recipe == "pgd" and f.epochs == aft[0].epochs for f in aft)
+    with pytest.raises(ConfigError, match="unknown paper"):
+        papers.make_plan("777", quick=True, seeds=[0])
+
+
+def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
+    setup = _setup(train_size=256, test_size=64, batch_size=64, eval_batch_size=64)
+    base = dataclasses.replace(setup.bases["std"], train_size=256)
+    setup = dataclasses.replace(setup, bases={"std": base})
+    row = dataclasses.replace(_row(), params=dataclasses.replace(
+        _row().params, finetune=TrainConfig(recipe="standard", epochs=0.5, lr=0.02, batch_size=64)))
+    plan = papers.Plan("009", "tiny", setup, (row,), {}, (papers.TableSpec("t", "tiny table"),), ("a note",))
+    out = tmp_path / "run"
+    assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 1
+    rec = json.loads((out / "results.jsonl").read_text())
+    assert rec["key"] == row.key and 0 <= rec["metrics"]["clean_acc"] <= 1
+    assert rec["metrics"]["n_eval"] == 64  # all test images, not a validation split
+    assert rec["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 0
+    md = report.write_report(plan, out, command="python scripts/reproduce.py --paper 009", quick=True).read_text()
+    assert "magnitude 0.5" in md and "complete" in md
+    dest = report.write_results_md([out], tmp_path / "docs" / "RESULTS.md")
+    assert "| 009 | quick | 1 of 1 |" in dest.read_text()
+
+
+def test_mrpf_baseline_is_structured_and_fits_the_joint_study() -> None:
+    b = BASELINES.get("mrpf")
+    assert (b.granularity, b.allocation, b.recipe) == ("channel", "mrs", "trades")
+    cfg = load_study_config(ROOT / "studies" / "fmnist_full.yaml")
+    trials = [t for t in baseline_trials(cfg) if t.get("prune.allocation@scored") == "mrs"]
+    assert trials and all(t["prune.granularity@scored"] == "channel" for t in trials)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_study_validates(path: Path) -> None:
+    validate_study(load_study_config(path))  # raises ConfigError on an impossible trial or baseline
+
+
+def test_dominates_needs_one_strict_improvement() -> None:
+    a = {"clean_acc": 0.8, "pgd_acc": 0.5, "macs": 10.0}
+    assert core.dominates(a, {**a, "macs": 11.0})
+    assert not core.dominates(a, a)
+    assert not core.dominates(a, {**a, "pgd_acc": 0.6, "macs": 5.0})
+
+
+def test_joint_config_enqueues_every_recipe_it_has(tmp_path: Path) -> None:
+    cfg, missing = joint.joint_config(tmp_path, quick=True)
+    names = {b.partition("@")[0] for b in cfg.baselines}
+    assert names == set(joint.RECIPES) - set(missing)
+    assert set(missing) == set(joint.RECIPES) - set(list_baselines())
+    assert cfg.data.test_size == 500 and cfg.n_trials > len(cfg.baselines)
+
+
+def test_plot_needs_two_points_of_a_series(tmp_path: Path) -> None:
+    plan = papers.make_plan("001", quick=True, seeds=[0])
+    one = core.Cell("sweep", "standard", "L1-filter 0.5", "AFT", 0.5, False, {"clean_acc": (0.8,), "pgd_acc": (0.7,)},
+                    series="standard base, L1-filter + AFT")
+    assert report.plot_plan(plan, [one], tmp_path / "a.png") is None
+    two = dataclasses.replace(one, method="L1-filter 0.9", x=0.9)
+    path = report.plot_plan(plan, [one, two], tmp_path / "b.png")
+    assert path is not None and path.stat().st_size > 1000
