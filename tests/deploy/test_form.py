@@ -10,31 +10,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import PruneConfig, QuantConfig
-from searchprune.deploy import LatencyCache, _measure, deployable
+from searchprune.deploy import LatencyCache, deployable
 from searchprune.deploy.form import inplace_activations_
 from searchprune.errors import ConfigError
 from searchprune.models import create_model
 from searchprune.prune import prune_
 from searchprune.quantize import quantize_
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture
-def timed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the timed runs (one entry per call of ``_measure.time_runs``)."""
-    calls: list[int] = []
-    real = _measure.time_runs
-
-    def counting(fn, x, *, repeats, warmup):  # type: ignore[no-untyped-def]
-        calls.append(repeats)
-        return real(fn, x, repeats=repeats, warmup=warmup)
-
-    monkeypatch.setattr(_measure, "time_runs", counting)
-    return calls
 
 
 def _resnet() -> nn.Module:
