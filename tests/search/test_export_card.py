@@ -47,7 +47,7 @@ def test_export_is_the_deployable_form_with_a_model_card(tmp_path):
     study = optimize("card", url, n_trials=1, quiet=True, progress=False)
     (trial,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     out = tmp_path / "export"
-    meta = export_trial(study, trial, out, progress=False)
+    meta = export_trial(study, trial, out, progress=False, trust_factory="_bn_net:conv_bn")
 
     # the deployable form: BN folded into both convs, and equal in outputs to the searchprune model
     dep = meta["deploy"]
@@ -57,7 +57,7 @@ def test_export_is_the_deployable_form_with_a_model_card(tmp_path):
     plain = torch.export.load(str(out / "model_plain.pt2")).module()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
     x = torch.rand(5, 1, 28, 28)
-    model = load(out).eval()
+    model = load(out, trust_factory="_bn_net:conv_bn").eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(x), model(x), rtol=1e-4, atol=1e-4)
     # round_to 8 kept channel counts on multiples of 8
