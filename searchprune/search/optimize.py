@@ -89,15 +89,18 @@ def _finished_numbers(study: optuna.Study) -> set[int]:
     return {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
 
 
-def _check_run(study: optuna.Study, before: set[int], worker_codes: Sequence[int | None]) -> None:
+def _check_run(study: optuna.Study, before: set[int], worker_codes: Sequence[int | None], target: int) -> None:
     """Raises RunFailed when this run finished no trial, or only failed ones (with the commonest reason).
 
     Only counted trials matter: a re-queued failure (a dead worker's, an interrupted one) and a
-    ``surplus`` start are not this run's results."""
+    ``surplus`` start are not this run's results. A run that finished nothing because other workers
+    on the same storage reached the target meanwhile (a restarted worker) has not failed."""
     run = [t for t in counted_trials(study.get_trials(deepcopy=False))
            if t.state in FINISHED and t.number not in before]
     failed = [t for t in run if t.state == TrialState.FAIL]
     if run and len(failed) < len(run):
+        return
+    if not run and finished_trials(study) >= target:
         return
     if not run:
         why = f"; worker exit codes {worker_codes}" if worker_codes else ""
@@ -329,7 +332,7 @@ def optimize(name: str, storage: str, *, n_trials: int | None = None, workers: i
         if bad:
             print(f"warning: {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
     study, _ = load_study(name, storage)
-    _check_run(study, before, bad)
+    _check_run(study, before, bad, target)
     return study
 
 
