@@ -117,7 +117,6 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch, 
     rdb = "://" in storage
     # one PostgreSQL server serves every test of the module: a name per storage kind
     name = "killed_" + (storage.split(":")[0].split("+")[0] if rdb else "journal")
-    # trials long enough (a 2-epoch fine-tune on 512 images) to be caught in the middle
     cfg = tiny_study_config(tmp_path, base, name=name, n_trials=2,
                             space={"prune.sparsity": {"low": 0.3, "high": 0.9}},
                             defaults={"prune": {"method": "magnitude", "sparsity": 0.5},
@@ -132,7 +131,16 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch, 
     # trained here, so the worker starts its first trial at once
     ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)
 
+    # the worker stalls inside its first fine-tune (after writing a marker), so the kill always lands
+    # mid-trial however fast the machine is; the retry below runs unpatched in this process
+    marker = tmp_path / "stalled"
     script = textwrap.dedent(f"""
+        import pathlib, time
+        import searchprune.trial as core
+        def stalled(*args, **kwargs):
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(3600)
+        core._finetune = stalled
         from searchprune.search import optimize
         optimize({name!r}, {storage!r}, quiet=True)
     """)
@@ -140,6 +148,8 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, base, monkeypatch, 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def mid_trial() -> bool:
+        if not marker.exists():
+            return False
         running = [t for t in trials_of(storage, name) if t.state == TrialState.RUNNING and t.params]
         if storage.startswith("sqlite"):  # its heartbeat thread wrote once and its params were suggested
             return bool(running and _heartbeats(Path(storage.removeprefix("sqlite:///"))))
