@@ -139,7 +139,8 @@ class Objective:
         flagged = f"  FLAGGED ({self.cfg.eval.on_flag}): {result.flag_reason}" if result.flag_reason else ""
         self.log(f"trial {trial.number}: clean {result.clean_acc:.4f}  robust {result.robust_acc:.4f}  "
                  f"macs {result.macs / 1e6:.2f}M ({result.macs / max(result.base_macs, 1):.0%})  "
-                 f"{self.cfg.cost} {cost:.4g}  {result.time_s:.1f}s{flagged}")
+                 + ("" if self.cfg.cost == "macs" else f"{self.cfg.cost} {cost:.4g}  ")
+                 + f"{result.time_s:.1f}s{flagged}")
         return result.clean_acc, result.robust_acc, cost
 
     def _constraints(self, trial: optuna.Trial, result: TrialResult) -> None:
