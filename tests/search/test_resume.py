@@ -335,14 +335,14 @@ def test_a_torn_last_journal_line_is_cut_so_later_writes_stay_readable(tmp_path)
 # ---- signals to a real study process ----------------------------------------------------------------
 
 
-def _slow_cfg(tmp_path: Path, base: Path, name: str, n: int):
-    """Trials long enough (a 2-epoch fine-tune on 512 images) to be caught in the middle."""
+def _slow_cfg(tmp_path: Path, base: Path, name: str, n: int, train_size: int = 512):
+    """Trials with a 2-epoch fine-tune on ``train_size`` images."""
     return tiny_study_config(tmp_path, base, name=name, n_trials=n,
                              space={"prune.sparsity": {"low": 0.3, "high": 0.9}},
                              defaults={"prune": {"method": "magnitude", "sparsity": 0.5},
                                        "finetune": {"recipe": "fast", "epochs": 2, "lr": 0.02}},
-                             data={"dataset": "synthetic", "train_size": 512, "val_size": 128, "test_size": 64,
-                                   "batch_size": 32, "eval_batch_size": 128})
+                             data={"dataset": "synthetic", "train_size": train_size, "val_size": 128,
+                                   "test_size": 64, "batch_size": 32, "eval_batch_size": 128})
 
 
 @pytest.mark.slow
@@ -355,8 +355,12 @@ def test_a_signal_mid_trial_ends_the_process_and_the_resumed_study_reaches_its_t
     from searchprune.data import make_splits
     from searchprune.search import ensure_base_model
     ensure_base_model(cfg, make_splits(cfg.data), get_device("cpu"), progress=False)
+    # the process stalls inside its first fine-tune, so the signal always lands mid-trial however fast
+    # the machine is (the handler raises out of the sleep); the resumed run below is not patched
     script = textwrap.dedent(f"""
-        import sys
+        import sys, time
+        import searchprune.trial as core
+        core._finetune = lambda *args, **kwargs: time.sleep(3600)
         from searchprune.cli import main
         sys.exit(main(["study", "optimize", "--name", "sig", "--storage", {storage!r}, "--quiet"]))
     """)
@@ -390,7 +394,9 @@ def test_sigterm_to_a_multi_worker_run_reaches_every_worker(tmp_path, base):
     """`--workers 2`: SIGTERM to the parent is forwarded; each worker fails its trial as interrupted and
     re-queues it, every process ends, and nothing is left RUNNING."""
     storage = str(tmp_path / "multi.log")
-    cfg = _slow_cfg(tmp_path, base, "multi", 4)
+    # spawned workers cannot be patched from here: trials long enough (2 epochs on 7,680 images) that
+    # both are caught running at once; none is run to the end
+    cfg = _slow_cfg(tmp_path, base, "multi", 4, train_size=7680)
     create_study(cfg, storage=storage)
     from searchprune._torch import get_device
     from searchprune.data import make_splits
