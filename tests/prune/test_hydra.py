@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _toys import bn_cnn
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -33,13 +34,7 @@ THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=2)
 
 def _net() -> nn.Module:
     """conv 1->8 (BN), conv 8->16 (BN), pool, fc 256->32, classifier 32->4."""
-    m = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 4),
-    )
-    m[-1].is_classifier = True
-    return m
+    return bn_cnn(hidden=32)
 
 
 def _loader():
