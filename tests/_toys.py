@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["toy_data", "toy_net", "bn_cnn", "accuracy", "Constant", "Detached"]
+__all__ = ["toy_data", "toy_net", "bn_cnn", "accuracy", "MaskParam", "Constant", "Detached"]
 
 
 def toy_data(n: int, seed: int, classes: int = 4, hw: int = 8, *,
@@ -65,6 +65,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, without gradients."""
     with torch.no_grad():
         return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+class MaskParam(nn.Module):
+    """A fixed 0/1 weight mask as a parametrization returning ``weight * mask`` (how the prune package masks)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
 
 
 class Constant(nn.Module):
