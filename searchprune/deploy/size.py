@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..models.macs import count_dense_macs
-from ..quantize import QUANTIZABLE, WeightFakeQuant, layer_bitwidths, other_tensor_bits
+from ..quantize import QUANTIZABLE, WeightFakeQuant, layer_bitwidths
 
 __all__ = ["FORMATS", "LayerStorage", "layer_storage", "size_bytes", "dense_macs", "weight_storage_bits"]
 
@@ -125,12 +125,25 @@ def size_bytes(model: nn.Module, *, format: str = "auto") -> int:
     layers = layer_storage(model, format=format)
     bits = sum(s.bits for s in layers.values())
     modules = dict(model.named_modules())
-    skip: set[int] = set()  # the unparametrized weights counted above
+    skip: set[int] = set()  # weights counted above, and parametrization state
     for name in layers:
         m = modules[name]
         if not parametrize.is_parametrized(m, "weight"):
             skip.add(id(m.weight))
-    return math.ceil((bits + other_tensor_bits(model, skip)) / 8)
+    for m in model.modules():
+        if not parametrize.is_parametrized(m):
+            continue
+        for tensor_name, plist in cast(nn.ModuleDict, m.parametrizations).items():
+            skip.update(id(t) for t in plist.parameters())
+            skip.update(id(t) for t in plist.buffers())
+            if not (isinstance(m, QUANTIZABLE) and tensor_name == "weight"):  # e.g. a masked bias
+                bits += cast(torch.Tensor, getattr(m, tensor_name)).numel() * FLOAT_BITS
+    seen: set[int] = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in skip and id(t) not in seen:
+            seen.add(id(t))
+            bits += t.numel() * FLOAT_BITS
+    return math.ceil(bits / 8)
 
 
 def dense_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

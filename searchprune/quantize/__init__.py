@@ -27,13 +27,13 @@ from ._api import (
     quantize_,
     set_ste_,
 )
-from ._costs import count_bitops, model_size_bytes, other_tensor_bits, pruned_layer_macs, pruned_macs
+from ._costs import count_bitops, model_size_bytes, pruned_layer_macs, pruned_macs
 from ._fake import ActFakeQuant, WeightFakeQuant
 from ._int8 import fold_parametrizations_, to_int8
 
 __all__ = [
     "quantize_", "calibrate_", "dequantize_", "set_ste_", "hard_rounding", "is_quantized",
     "layer_bitwidths", "quantizable_layers", "QUANTIZABLE", "count_bitops", "model_size_bytes", "pruned_macs",
-    "pruned_layer_macs", "other_tensor_bits",
+    "pruned_layer_macs",
     "to_int8", "fold_parametrizations_", "WeightFakeQuant", "ActFakeQuant",
 ]

@@ -9,18 +9,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..models.macs import layer_costs
-from ._api import (
-    QUANTIZABLE,
-    _act_quant_bypassed,
-    _parametrizations,
-    _weight,
-    _weight_plist,
-    _weight_quantizer,
-    quantizable_layers,
-)
+from ._api import _act_quant_bypassed, _parametrizations, _weight, _weight_plist, _weight_quantizer, quantizable_layers
 from ._fake import WeightFakeQuant
 
-__all__ = ["count_bitops", "model_size_bytes", "other_tensor_bits", "pruned_layer_macs", "pruned_macs", "FLOAT_BITS"]
+__all__ = ["count_bitops", "model_size_bytes", "pruned_layer_macs", "pruned_macs", "FLOAT_BITS"]
 
 FLOAT_BITS = 32  # what an unquantized weight, activation or other tensor costs per entry
 
@@ -104,6 +96,7 @@ def model_size_bytes(model: nn.Module) -> int:
     skip: set[int] = set()  # parametrization state: not deployed
     with torch.no_grad():
         layers = quantizable_layers(model)
+        counted = {id(m) for m in layers.values()}
         for module in layers.values():
             weight = _weight(module)  # effective: masked and quantized
             quant = _weight_quantizer(module)
@@ -112,33 +105,18 @@ def model_size_bytes(model: nn.Module) -> int:
                 bits += (weight.shape[0] if quant.per_channel and weight.dim() > 1 else 1) * FLOAT_BITS
             if not parametrize.is_parametrized(module, "weight"):
                 skip.add(id(weight))
-        bits += other_tensor_bits(model, skip)
-    return math.ceil(bits / 8)
-
-
-def other_tensor_bits(model: nn.Module, skip: set[int]) -> int:
-    """32 bits per entry of every tensor ``model`` deploys besides its conv / linear weights.
-
-    A parametrized tensor other than such a weight (e.g. a masked bias) counts at its effective
-    shape; every other parameter and buffer counts once, whatever its dtype. Not counted: a
-    parametrization's own tensors (training state, folded away at export; their ids are added to
-    ``skip``) and the tensors whose ids are already in ``skip`` (the unparametrized weights the
-    caller has counted in its own format).
-    """
-    bits = 0
-    with torch.no_grad():
         for module in model.modules():
             if not parametrize.is_parametrized(module):
                 continue
             for tensor_name, plist in _parametrizations(module).items():
                 skip.update(id(t) for t in plist.parameters())
                 skip.update(id(t) for t in plist.buffers())
-                if not (isinstance(module, QUANTIZABLE) and tensor_name == "weight"):  # e.g. a masked bias
+                if not (id(module) in counted and tensor_name == "weight"):  # e.g. a masked bias
                     bits += getattr(module, tensor_name).numel() * FLOAT_BITS
         seen: set[int] = set()
         for t in list(model.parameters()) + list(model.buffers()):
             if id(t) not in skip and id(t) not in seen:
                 seen.add(id(t))
                 bits += t.numel() * FLOAT_BITS
-    return bits
+    return math.ceil(bits / 8)
 
