@@ -38,6 +38,15 @@ def default_out(paper: str, quick: bool) -> Path:
     return Path("runs/repro") / (f"{paper}-quick" if quick else paper)
 
 
+def _run_dirs(archive: Path) -> list[Path]:
+    """Every run directory under runs/repro with a report, plus the archived runs (docs/results/*) that
+    have no run directory here any more, in paper order."""
+    live = {d.name: d for d in Path("runs/repro").glob("*") if (d / "REPORT.md").exists()}
+    kept = {d.name: d for d in archive.glob("*") if (d / "REPORT.md").exists() and d.name not in live}
+    return sorted({**kept, **live}.values(),
+                  key=lambda d: (ORDER.index(d.name.split("-")[0]) if d.name.split("-")[0] in ORDER else 99, d.name))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--paper", choices=[*list_papers(), "joint"], help="which seed paper to reproduce")
@@ -59,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.write_results:
-            dirs = a.from_dirs if a.from_dirs is not None else sorted(
-                (d for d in Path("runs/repro").glob("*") if (d / "REPORT.md").exists()),
-                key=lambda d: (ORDER.index(d.name.split("-")[0]) if d.name.split("-")[0] in ORDER else 99, d.name))
+            dirs = a.from_dirs if a.from_dirs is not None else _run_dirs(a.results_md.parent / "results")
             not_run = [(p, f"python scripts/reproduce.py --paper {p} --quick") for p in ORDER]
             pre = a.preamble.read_text() if a.preamble is not None else ""
             dest = write_results_md(dirs, a.results_md, not_run=not_run, preamble=pre)

@@ -24,7 +24,6 @@ from searchprune.quantize import (
     hard_rounding,
     is_quantized,
     layer_bitwidths,
-    model_size_bytes,
     quantize_,
     set_ste_,
     to_int8,
@@ -425,25 +424,6 @@ def test_bitops_by_hand() -> None:
     assert count_bitops(net, (1, 4, 4)) == conv_macs * 4 * 8 + fc_macs * 2 * 8
     net2 = quantize_(Pair(), QuantConfig(mode="ptq", weight_bits=6, act_bits=None))
     assert count_bitops(net2, (1, 4, 4)) == (2 * 9 * 4 + 24) * 6 * 32
-
-
-def test_model_size_bytes_by_hand() -> None:
-    net = Pair()
-    with torch.no_grad():
-        net.conv.weight[0, 0, 0] = 0.0  # 15 nonzero conv weights
-    dense_bits = (18 + 2 + 24 + 3) * 32
-    assert model_size_bytes(net) == (dense_bits - 3 * 32) // 8
-    quantize_(net, QuantConfig(mode="ptq", weight_bits=4, act_bits=8, layer_bits={"fc": 2}))
-    bits = (15 * 4 + 2 * 32) + (24 * 2 + 3 * 32)  # weights at their bits + per-channel scales
-    bits += (2 + 3) * 32  # biases
-    bits += 2 * 3 * 32  # two activation quantizers: lo, hi, calibrated
-    assert model_size_bytes(net) == -(-bits // 8)
-    _mask_(net2 := Pair(), 0.5)  # masks are not deployed state
-    nz = sum(int(torch.count_nonzero(m.weight)) for m in (net2.conv, net2.fc))
-    assert model_size_bytes(net2) == (nz + 5) * 4
-    per_tensor = quantize_(Pair(), QuantConfig(mode="ptq", weight_bits=8, act_bits=None,
-                                               weight_granularity="per_tensor"))
-    assert model_size_bytes(per_tensor) == (42 * 8 + 2 * 32 + 5 * 32) // 8
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,13 +145,32 @@ None of them was run in this session (no GPU was available); every table below r
 """
 
 
+ARCHIVED = ("REPORT.md", "summary.json", "results.jsonl", "command.txt")
+
+
+def archive_run(d: Path, archive: Path) -> Path:
+    """Copies a run directory's small text outputs (rows, summary, report, command) to ``archive/d.name``:
+    ``runs/`` is not kept in git, the archive is, so RESULTS.md can be rebuilt after the run directory
+    is gone (``--write-results`` reads archived runs that have no run directory)."""
+    dest = archive / d.name
+    if d.resolve() == dest.resolve():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVED:
+        if (d / name).exists():
+            shutil.copyfile(d / name, dest / name)
+    for png in d.glob("*.png"):
+        shutil.copyfile(png, dest / png.name)
+    return dest
+
+
 def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "",
                      not_run: Sequence[tuple[str, str]] = ()) -> Path:
-    """Assembles ``dest`` (docs/RESULTS.md) from each run directory's ``REPORT.md``; the plots are
-    copied beside it into ``results/`` and the image links rewritten."""
+    """Assembles ``dest`` (docs/RESULTS.md) from each run directory's ``REPORT.md``; each run is archived
+    into ``results/<run>/`` beside it (rows, summary, report, plot) and the image links point there."""
     parts = [HEADER, preamble] if preamble else [HEADER]
     img_dir = dest.parent / "results"
-    status = ["| paper | mode | rows | run directory |", "|---|---|---|---|"]
+    status = ["| paper | mode | rows | rows, report and plot (archived) |", "|---|---|---|---|"]
     bodies = []
     for d in dirs:
         rep, summ = d / "REPORT.md", d / "summary.json"
@@ -159,13 +178,11 @@ def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "",
             continue
         s = json.loads(summ.read_text())
         text = rep.read_text()
-        for png in d.glob("*.png"):
-            img_dir.mkdir(parents=True, exist_ok=True)
-            target = img_dir / f"{d.name}-{png.name}"
-            shutil.copyfile(png, target)
-            text = text.replace(f"]({png.name})", f"](results/{target.name})")
+        kept = archive_run(d, img_dir)
+        for png in kept.glob("*.png"):
+            text = text.replace(f"]({png.name})", f"](results/{d.name}/{png.name})")
         status.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']} | "
-                      f"`{d}` |")
+                      f"`{dest.parent.name}/results/{d.name}` |")
         bodies.append(text)
     done = {json.loads((d / "summary.json").read_text())["paper"] for d in dirs if (d / "summary.json").exists()}
     for paper, command in not_run:

@@ -16,8 +16,7 @@ parameter and buffer (biases, BatchNorm, normalization constants, activation ran
 entries at 32 bits. Parametrization state (the float weight behind a quantizer, masks, scores) is
 training state and is not counted.
 
-Compare :func:`searchprune.quantize.model_size_bytes`, which counts nonzero weights without index
-overhead: a lower bound, exact only for dense and physically pruned layers.
+This is the project's one model-size measure (``size_bytes`` on every trial and in every export).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Example:
     >>> acc = robust_accuracy(model, val_loader, threat)          # BPDA: attacks through the STE
     >>> with hard_rounding(model):                                # what a naive attack sees
     ...     masked = robust_accuracy(model, val_loader, threat)
-    >>> count_bitops(model, (1, 28, 28)), model_size_bytes(model)
+    >>> count_bitops(model, (1, 28, 28))
     >>> fast = to_int8(model, train_loader, num_batches=cfg.calib_batches)  # real int8 kernels
 """
 
@@ -27,13 +27,13 @@ from ._api import (
     quantize_,
     set_ste_,
 )
-from ._costs import count_bitops, model_size_bytes, pruned_layer_macs, pruned_macs
+from ._costs import count_bitops, pruned_layer_macs, pruned_macs
 from ._fake import ActFakeQuant, WeightFakeQuant
 from ._int8 import fold_parametrizations_, to_int8
 
 __all__ = [
     "quantize_", "calibrate_", "dequantize_", "set_ste_", "hard_rounding", "is_quantized",
-    "layer_bitwidths", "quantizable_layers", "QUANTIZABLE", "count_bitops", "model_size_bytes", "pruned_macs",
+    "layer_bitwidths", "quantizable_layers", "QUANTIZABLE", "count_bitops", "pruned_macs",
     "pruned_layer_macs",
     "to_int8", "fold_parametrizations_", "WeightFakeQuant", "ActFakeQuant",
 ]

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..models.macs import layer_costs
-from ._api import _act_quant_bypassed, _parametrizations, _weight, _weight_plist, _weight_quantizer, quantizable_layers
+from ._api import _act_quant_bypassed, _weight, _weight_plist
 from ._fake import WeightFakeQuant
 
-__all__ = ["count_bitops", "model_size_bytes", "pruned_layer_macs", "pruned_macs", "FLOAT_BITS"]
+__all__ = ["count_bitops", "pruned_layer_macs", "pruned_macs", "FLOAT_BITS"]
 
 FLOAT_BITS = 32  # what an unquantized weight, activation or other tensor costs per entry
 
@@ -75,48 +73,4 @@ def count_bitops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         a_bits = getattr(module, "act_bits", None) or FLOAT_BITS
         total += macs * int(w_bits) * int(a_bits)
     return int(total)
-
-
-def model_size_bytes(model: nn.Module) -> int:
-    """Storage of the model as deployed, in bytes (rounded up once, at the end).
-
-    Convention:
-
-    * conv / linear weights: only *nonzero* entries of the effective weight, at the layer's
-      weight bits (32 if unquantized), plus one 32-bit scale per output channel (per-channel) or
-      one per tensor (per-tensor) for quantized layers. Sparse indices are not counted (the
-      ShrinkBench convention of counting nonzero parameters), so this is a lower bound for an
-      unstructured sparse format; for physically removed channels it is exact.
-    * every other parameter and buffer (biases, BatchNorm, normalization constants, activation
-      ranges, counters) counts all entries at 32 bits, whatever its dtype.
-    * a parametrization's own tensors (the float ``original`` behind a quantized weight, pruning
-      masks and scores) are training state, folded away at export, and are not counted.
-    """
-    bits = 0
-    skip: set[int] = set()  # parametrization state: not deployed
-    with torch.no_grad():
-        layers = quantizable_layers(model)
-        counted = {id(m) for m in layers.values()}
-        for module in layers.values():
-            weight = _weight(module)  # effective: masked and quantized
-            quant = _weight_quantizer(module)
-            bits += int(torch.count_nonzero(weight)) * (quant.bits if quant is not None else FLOAT_BITS)
-            if quant is not None:  # the scales
-                bits += (weight.shape[0] if quant.per_channel and weight.dim() > 1 else 1) * FLOAT_BITS
-            if not parametrize.is_parametrized(module, "weight"):
-                skip.add(id(weight))
-        for module in model.modules():
-            if not parametrize.is_parametrized(module):
-                continue
-            for tensor_name, plist in _parametrizations(module).items():
-                skip.update(id(t) for t in plist.parameters())
-                skip.update(id(t) for t in plist.buffers())
-                if not (id(module) in counted and tensor_name == "weight"):  # e.g. a masked bias
-                    bits += getattr(module, tensor_name).numel() * FLOAT_BITS
-        seen: set[int] = set()
-        for t in list(model.parameters()) + list(model.buffers()):
-            if id(t) not in skip and id(t) not in seen:
-                seen.add(id(t))
-                bits += t.numel() * FLOAT_BITS
-    return math.ceil(bits / 8)
 

@@ -159,6 +159,13 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert "magnitude 0.5" in md and "complete" in md
     dest = report.write_results_md([out], tmp_path / "docs" / "RESULTS.md")
     assert "| 009 | quick | 1 of 1 |" in dest.read_text()
+    # the run is archived beside RESULTS.md, so the table can be rebuilt once runs/ is gone
+    kept = tmp_path / "docs" / "results" / "run"
+    assert (kept / "results.jsonl").read_text() == (out / "results.jsonl").read_text()
+    import shutil
+    shutil.rmtree(out)
+    again = report.write_results_md([kept], tmp_path / "docs" / "RESULTS2.md")
+    assert "| 009 | quick | 1 of 1 |" in again.read_text()
 
 
 def test_mrpf_baseline_is_structured_and_fits_the_joint_study() -> None:
