@@ -51,11 +51,6 @@ def _magnitude_mask(w: torch.Tensor, j: int) -> torch.Tensor:
     return mask.reshape(w.shape)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def test_n_pruned_is_hydras_floor() -> None:
     assert n_pruned(10, 0.7) == 7 and n_pruned(10, 0.3) == 3  # (1 - 0.7) * 10 = 2.9999... in floats
     assert n_pruned(9, 0.5) == 4 and n_pruned(100, 0.999) == 99 and n_pruned(5, 0.0) == 0

@@ -68,11 +68,6 @@ def _loader(n: int = 256, batch: int = 32):
     return BatchLoader(ArrayDataset((x * 255).to(torch.uint8), y), batch, shuffle=True, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Masks and the straight-through estimator
 # ---------------------------------------------------------------------------------------------
