@@ -1,4 +1,4 @@
-"""Tiny learnable data, a tiny trained CNN and perfectly robust constant models for attack tests.
+"""Tiny learnable data, tiny CNNs (one trained) and perfectly robust constant models for attack tests.
 
 Seconds on one CPU thread; every knob is explicit so each test keeps the exact setting its
 thresholds were calibrated on.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["toy_data", "toy_net", "accuracy", "Constant", "Detached"]
+__all__ = ["toy_data", "toy_net", "bn_cnn", "accuracy", "MaskParam", "Constant", "Detached"]
 
 
 def toy_data(n: int, seed: int, classes: int = 4, hw: int = 8, *,
@@ -45,10 +45,37 @@ def toy_net(seed: int = 0, classes: int = 4, *, dropout: float | None = 0.2, lr:
     return net.eval()
 
 
+def bn_cnn(hidden: int | None = None, classes: int = 4) -> nn.Sequential:
+    """An untrained net for (1, 8, 8) inputs: conv 1->8 (BN), conv 8->16 (BN), 2x2 max-pool, flatten
+    (256 features), [fc 256->hidden, ReLU,] classifier -> ``classes`` (marked ``is_classifier``).
+
+    The layers are built in that order, so a seeded call draws the same weights as the inline net.
+    """
+    m = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        *([] if hidden is None else [nn.Linear(256, hidden), nn.ReLU()]),
+        nn.Linear(256 if hidden is None else hidden, classes),
+    )
+    setattr(m[-1], "is_classifier", True)
+    return m
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, without gradients."""
     with torch.no_grad():
         return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+class MaskParam(nn.Module):
+    """A fixed 0/1 weight mask as a parametrization returning ``weight * mask`` (how the prune package masks)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
 
 
 class Constant(nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from _evil import FACTORY, evil_meta
+from _synthetic import synthetic_meta
 
 import searchprune
 import searchprune.checkpoint as checkpoint_module
@@ -27,9 +28,7 @@ from searchprune.models import create_model
 from searchprune.prune import prune_
 from searchprune.quantize import quantize_
 
-META = {"model": {"arch": "cnn8", "factory": None, "kwargs": {}},
-        "dataset": {"name": "synthetic", "num_classes": 10, "in_channels": 1, "image_size": [28, 28],
-                    "mean": [0.5], "std": [0.5]}}
+META = synthetic_meta("cnn8", std=0.5)
 
 
 def _model():

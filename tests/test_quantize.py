@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _toys import MaskParam
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -77,17 +78,6 @@ class TinyNet(nn.Module):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
         return self.fc(torch.flatten(x, 1))
-
-
-class MaskParam(nn.Module):
-    """A pruning mask as the prune package makes it: a parametrization returning weight * mask."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask
 
 
 def _mask_(model: nn.Module, sparsity: float = 0.5, seed: int = 0) -> None:

@@ -6,19 +6,11 @@ import inspect
 
 import pytest
 import torch
+from _toys import MaskParam
 from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune._torch import count_params, eval_mode, model_device
-
-
-class _Mask(nn.Module):
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask
 
 
 def test_eval_mode_restores_each_submodules_own_flag() -> None:
@@ -58,7 +50,7 @@ def test_count_params_effective_weight_and_shared_once() -> None:
         lin.bias.fill_(1.0)
     mask = torch.ones(2, 4)
     mask[0, :3] = 0
-    parametrize.register_parametrization(lin, "weight", _Mask(mask))
+    parametrize.register_parametrization(lin, "weight", MaskParam(mask))
     model = nn.Sequential(lin, lin)  # shared: counted once
     assert count_params(model, nonzero=False) == 8 + 2
     assert count_params(model, nonzero=True) == 8 - 3 + 2

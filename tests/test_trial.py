@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from _synthetic import synthetic_meta, trained_base
 
 from searchprune.checkpoint import load_checkpoint, save_checkpoint
 from searchprune.config import (
-    DataConfig,
     EvalConfig,
     PruneConfig,
     QuantConfig,
@@ -19,10 +19,8 @@ from searchprune.config import (
     TrainConfig,
     TrialParams,
 )
-from searchprune.data import BatchLoader, make_splits
-from searchprune.models import create_model
+from searchprune.data import BatchLoader
 from searchprune.prune import get_method, list_methods
-from searchprune.train import train_
 from searchprune.trial import (
     TrialContext,
     TrialDiverged,
@@ -33,18 +31,12 @@ from searchprune.trial import (
 )
 
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=3, random_start=False)
-META = {"model": {"arch": "mnist_small", "factory": None, "kwargs": {}},
-        "dataset": {"name": "synthetic", "num_classes": 10, "in_channels": 1, "image_size": [28, 28],
-                    "mean": [0.5], "std": [0.25]}}
+META = synthetic_meta("mnist_small")
 
 
 @pytest.fixture(scope="module")
 def base():
-    splits = make_splits(DataConfig(dataset="synthetic", train_size=512, val_size=128, test_size=64, seed=0))
-    torch.manual_seed(0)
-    model = create_model("mnist_small", in_channels=1, image_size=(28, 28), mean=(0.5,), std=(0.25,))
-    train_(model, BatchLoader(splits.train, 64, shuffle=True), TrainConfig(epochs=2, lr=0.05), threat=THREAT)
-    return model.eval(), splits
+    return trained_base(THREAT, val_size=128, test_size=64)
 
 
 def _ctx(base, tmp_path=None, **eval_kw):

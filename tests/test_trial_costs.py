@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _synthetic import synthetic_meta
 
 from searchprune.config import (
     COST_KINDS,
@@ -27,9 +28,7 @@ from searchprune.quantize import count_bitops, pruned_macs, quantize_
 from searchprune.trial import TrialContext, run_trial
 
 THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=2, random_start=False)
-META = {"model": {"arch": "cnn8", "factory": None, "kwargs": {}},
-        "dataset": {"name": "synthetic", "num_classes": 10, "in_channels": 1, "image_size": [28, 28],
-                    "mean": [0.5], "std": [0.25]}}
+META = synthetic_meta("cnn8")
 SHAPE = (1, 28, 28)
 
 

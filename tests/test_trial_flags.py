@@ -7,18 +7,14 @@ import dataclasses
 
 import pytest
 import torch
+from _synthetic import synthetic_meta, trained_base
 
 import searchprune.trial as trial_module
-from searchprune.config import DataConfig, EvalConfig, PruneConfig, QuantConfig, ThreatModel, TrainConfig, TrialParams
-from searchprune.data import BatchLoader, make_splits
-from searchprune.models import create_model
-from searchprune.train import train_
+from searchprune.config import EvalConfig, PruneConfig, QuantConfig, ThreatModel, TrialParams
 from searchprune.trial import TrialContext, run_trial
 
 THREAT = ThreatModel(eps=0.1, alpha=0.02, steps=3, random_start=False)
-META = {"model": {"arch": "mnist_small", "factory": None, "kwargs": {}},
-        "dataset": {"name": "synthetic", "num_classes": 10, "in_channels": 1, "image_size": [28, 28],
-                    "mean": [0.5], "std": [0.25]}}
+META = synthetic_meta("mnist_small")
 
 
 @pytest.fixture(autouse=True)
@@ -28,11 +24,7 @@ def _one_thread() -> None:
 
 @pytest.fixture(scope="module")
 def base():
-    splits = make_splits(DataConfig(dataset="synthetic", train_size=512, val_size=96, test_size=32, seed=0))
-    torch.manual_seed(0)
-    model = create_model("mnist_small", in_channels=1, image_size=(28, 28), mean=(0.5,), std=(0.25,))
-    train_(model, BatchLoader(splits.train, 64, shuffle=True), TrainConfig(epochs=2, lr=0.05), threat=THREAT)
-    return model.eval(), splits
+    return trained_base(THREAT, val_size=96, test_size=32)
 
 
 def _ctx(base, **eval_kw) -> TrialContext:

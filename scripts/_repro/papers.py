@@ -88,6 +88,29 @@ def _pct(x: float) -> str:
     return "nan" if math.isnan(x) else f"{100 * x:.2f}"
 
 
+# The evaluation threat model of 002-004 (HYDRA's convention) and the 5-step attack of their TRADES training.
+PGD20_CLAMPED = ThreatModel(norm="linf", eps=0.05, alpha=0.005, steps=20, random_start=True, clamp=True)
+TRADES_ATTACK = ThreatModel(eps=0.05, alpha=0.0125, steps=5, random_start=True)
+
+
+def _fmnist_setup(quick: bool, threat: ThreatModel, bases: Mapping[str, Base], *, quick_train_size: int,
+                  batch_size: int = 128, transfer: bool = False) -> Setup:
+    """Fashion-MNIST without a validation split, all training and test images (``quick``:
+    ``quick_train_size`` and 500), scored with PGD on every test image."""
+    data = DataConfig(dataset="fashion-mnist", val_size=0, train_size=quick_train_size if quick else None,
+                      test_size=500 if quick else None, batch_size=batch_size, eval_batch_size=500)
+    return Setup(data=data, threat=threat, bases=dict(bases),
+                 eval=EvalConfig(n_eval=None, attacks=("pgd",), transfer=transfer, checks=False, stagewise=False))
+
+
+def _dense_rows(paper: str, table: str, base: str, seed: int, finetune: TrainConfig, label: str) -> list[Row]:
+    """The dense base as trained (fine-tuning "none") and its control fine-tuned like the pruned rows (``label``)."""
+    dense = PruneConfig(sparsity=0.0)
+    return [Row(paper, table, base, "dense", "none", seed, TrialParams(prune=dense, seed=seed)),
+            Row(paper, table, base, "dense", label, seed, TrialParams(prune=dense, finetune=finetune, seed=seed),
+                control=True)]
+
+
 # ---------------------------------------------------------------------------------------------
 # 001: Adver-Fine (Thorsteinsson et al.)
 # ---------------------------------------------------------------------------------------------
@@ -135,10 +158,8 @@ def plan_001(quick: bool, seeds: Sequence[int]) -> Plan:
                           "SGD momentum 0.9, cosine, He init so the short budget converges)")),
     }
     threat = ThreatModel(norm="linf", eps=0.05, alpha=0.005, steps=20, random_start=False, clamp=False)
-    data = DataConfig(dataset="fashion-mnist", val_size=0, train_size=2000 if quick else None,
-                      test_size=500 if quick else None, batch_size=64, eval_batch_size=500)
-    setup = Setup(data=data, threat=threat, bases=bases,
-                  eval=EvalConfig(n_eval=None, attacks=("pgd",), transfer=False, checks=False, stagewise=False))
+    setup = _fmnist_setup(quick, threat, bases, quick_train_size=2000, batch_size=64)
+    data = setup.data
     epochs = 1.0 if quick else 3.0
 
     # Appendix A.1: after pruning SGD lr 0.1 (as base training); after PTQ SGD momentum 0.9, lr 0.01.
@@ -160,9 +181,7 @@ def plan_001(quick: bool, seeds: Sequence[int]) -> Plan:
     rows: list[Row] = []
     for seed in seeds:
         for b in bases:
-            rows.append(Row("001", "table3", b, "dense", "none", seed, TrialParams(prune=dense, seed=seed)))
-            rows.append(Row("001", "table3", b, "dense", "AFT", seed,
-                            TrialParams(prune=dense, finetune=ft("AFT", "prune", seed), seed=seed), control=True))
+            rows += _dense_rows("001", "table3", b, seed, ft("AFT", "prune", seed), "AFT")
             for r in ("none", "SFT", "AFT"):
                 rows.append(Row("001", "table3", b, "L1-filter 0.8", r, seed,
                                 TrialParams(prune=l1(0.8), finetune=ft(r, "prune", seed), seed=seed), x=0.8,
@@ -265,7 +284,7 @@ def _trades_base(quick: bool) -> Base:
     """The TRADES-trained CNN-8 of ``studies/hydra_fmnist.yaml`` (HYDRA and MRPF start from a robust model)."""
     train = TrainConfig(recipe="trades", epochs=1.0 if quick else 5.0, lr=0.05, momentum=0.9, schedule="cosine",
                         trades_beta=1.0, batch_size=128,
-                        attack=ThreatModel(eps=0.05, alpha=0.0125, steps=5, random_start=True))
+                        attack=TRADES_ATTACK)
     size = 10000 if quick else None
     return Base("trades", ModelConfig(arch="cnn8"), train, size,
                 note=f"TRADES (beta 1, 5-step attack) for {train.epochs:g} epoch(s) on {size or 60000} images, "
@@ -297,11 +316,8 @@ def plan_000(quick: bool, seeds: Sequence[int]) -> Plan:
     eps, alpha = pixel_eps(8 / 255, [FMNIST_STD]), pixel_eps(2 / 255, [FMNIST_STD])
     threat = ThreatModel(norm="linf", eps=round(eps, 5), alpha=round(alpha, 5), steps=10, random_start=True,
                          clamp=False)
-    data = DataConfig(dataset="fashion-mnist", val_size=0, train_size=5000 if quick else None,
-                      test_size=500 if quick else None, batch_size=128, eval_batch_size=500)
-    bases = {"standard": _std_base_001(quick)}
-    setup = Setup(data=data, threat=threat, bases=bases,
-                  eval=EvalConfig(n_eval=None, attacks=("pgd",), transfer=True, checks=False, stagewise=False))
+    setup = _fmnist_setup(quick, threat, {"standard": _std_base_001(quick)}, quick_train_size=5000, transfer=True)
+    data = setup.data
     epochs = 1.0 if quick else 10.0
     compressions = (2.0, 8.0, 32.0) if quick else (2.0, 4.0, 8.0, 16.0, 32.0)
     n_batches = 4 if quick else None  # the paper: the whole training set
@@ -312,10 +328,7 @@ def plan_000(quick: bool, seeds: Sequence[int]) -> Plan:
 
     rows: list[Row] = []
     for seed in seeds:
-        dense = PruneConfig(sparsity=0.0)
-        rows.append(Row("000", "fp32", "standard", "dense", "none", seed, TrialParams(prune=dense, seed=seed)))
-        rows.append(Row("000", "fp32", "standard", "dense", "FT", seed,
-                        TrialParams(prune=dense, finetune=ft(seed), seed=seed), control=True))
+        rows += _dense_rows("000", "fp32", "standard", seed, ft(seed), "FT")
         for c in compressions:
             for label, (method, alloc, opts) in GAP_METHODS.items():
                 o = dict(opts)
@@ -404,25 +417,17 @@ for _s, (_lwm, _hyd) in {0.9: (48.8, 49.5), 0.95: (45.2, 48.7), 0.99: (34.3, 41.
 
 
 def plan_003(quick: bool, seeds: Sequence[int]) -> Plan:
-    threat = ThreatModel(norm="linf", eps=0.05, alpha=0.005, steps=20, random_start=True, clamp=True)
-    data = DataConfig(dataset="fashion-mnist", val_size=0, train_size=2000 if quick else None,
-                      test_size=500 if quick else None, batch_size=128, eval_batch_size=500)
-    bases = {"trades": _trades_base(quick)}
-    setup = Setup(data=data, threat=threat, bases=bases,
-                  eval=EvalConfig(n_eval=None, attacks=("pgd",), transfer=False, checks=False, stagewise=False))
+    setup = _fmnist_setup(quick, PGD20_CLAMPED, {"trades": _trades_base(quick)}, quick_train_size=2000)
+    data = setup.data
     ft_epochs, prune_epochs = (1.0, 1) if quick else (5.0, 5)
-    attack = ThreatModel(eps=0.05, alpha=0.0125, steps=5, random_start=True)
 
     def ft(seed: int) -> TrainConfig:  # HYDRA's finetune phase: lr 0.01 cosine, the TRADES loss
         return TrainConfig(recipe="trades", epochs=ft_epochs, lr=0.01, momentum=0.9, schedule="cosine",
-                           weight_decay=1e-4, trades_beta=1.0, attack=attack, batch_size=128, seed=seed)
+                           weight_decay=1e-4, trades_beta=1.0, attack=TRADES_ATTACK, batch_size=128, seed=seed)
 
     rows: list[Row] = []
     for seed in seeds:
-        dense = PruneConfig(sparsity=0.0)
-        rows.append(Row("003", "hydra", "trades", "dense", "none", seed, TrialParams(prune=dense, seed=seed)))
-        rows.append(Row("003", "hydra", "trades", "dense", "TRADES", seed,
-                        TrialParams(prune=dense, finetune=ft(seed), seed=seed), control=True))
+        rows += _dense_rows("003", "hydra", "trades", seed, ft(seed), "TRADES")
         for s in (0.9, 0.95, 0.99):
             hydra = PruneConfig(method="hydra", granularity="weight", allocation="learned", sparsity=s,
                                 include_classifier=True,
@@ -479,27 +484,19 @@ MRPF_CRITERIA = ("random", "magnitude", "taylor", "hessian")
 
 
 def plan_004(quick: bool, seeds: Sequence[int]) -> Plan:
-    threat = ThreatModel(norm="linf", eps=0.05, alpha=0.005, steps=20, random_start=True, clamp=True)
-    data = DataConfig(dataset="fashion-mnist", val_size=0, train_size=2000 if quick else None,
-                      test_size=500 if quick else None, batch_size=128, eval_batch_size=500)
-    bases = {"trades": _trades_base(quick)}
-    setup = Setup(data=data, threat=threat, bases=bases,
-                  eval=EvalConfig(n_eval=None, attacks=("pgd",), transfer=False, checks=False, stagewise=False))
+    setup = _fmnist_setup(quick, PGD20_CLAMPED, {"trades": _trades_base(quick)}, quick_train_size=2000)
+    data = setup.data
     epochs = 1.0 if quick else 5.0
-    attack = ThreatModel(eps=0.05, alpha=0.0125, steps=5, random_start=True)
     targets_macs = (0.5,) if quick else (0.7, 0.5, 0.3)
 
     def ft(seed: int) -> TrainConfig:  # TRADES fine-tuning (D.4), lr 0.01 cosine
         return TrainConfig(recipe="trades", epochs=epochs, lr=0.01, momentum=0.9, schedule="cosine",
-                           weight_decay=2e-4, trades_beta=1.0, attack=attack, batch_size=128, seed=seed)
+                           weight_decay=2e-4, trades_beta=1.0, attack=TRADES_ATTACK, batch_size=128, seed=seed)
 
     rows: list[Row] = []
     match: dict[str, float] = {}
     for seed in seeds:
-        dense = PruneConfig(sparsity=0.0)
-        rows.append(Row("004", "mrpf", "trades", "dense", "none", seed, TrialParams(prune=dense, seed=seed)))
-        rows.append(Row("004", "mrpf", "trades", "dense", "TRADES", seed,
-                        TrialParams(prune=dense, finetune=ft(seed), seed=seed), control=True))
+        rows += _dense_rows("004", "mrpf", "trades", seed, ft(seed), "TRADES")
         for t in targets_macs:
             for crit in (*MRPF_CRITERIA, "lamp"):
                 allocs: tuple[Any, ...] = ("global",) if crit == "lamp" else ("mrs", "uniform")
@@ -571,16 +568,13 @@ for _t, (_c, _p) in {0.7: (80.63, 39.27), 0.5: (80.32, 40.14), 0.3: (72.88, 34.3
 
 
 def plan_002(quick: bool, seeds: Sequence[int]) -> Plan:
-    threat = ThreatModel(norm="linf", eps=0.05, alpha=0.005, steps=20, random_start=True, clamp=True)
-    data = DataConfig(dataset="fashion-mnist", val_size=0, train_size=5000 if quick else None,
-                      test_size=500 if quick else None, batch_size=128, eval_batch_size=500)
     base_epochs = 2.0 if quick else 10.0
     fast_base = TrainConfig(recipe="fast", epochs=base_epochs, lr=0.05, momentum=0.9, weight_decay=5e-4,
                             schedule="cyclic", batch_size=128)
     bases = {"fast": Base("fast", ModelConfig(arch="cnn8"), fast_base, 10000 if quick else None,
                           note=f"FastAT (FGSM-RS, step 1.25 eps) for {base_epochs:g} epochs, cyclic lr peak 0.05")}
-    setup = Setup(data=data, threat=threat, bases=bases,
-                  eval=EvalConfig(n_eval=None, attacks=("pgd",), transfer=False, checks=False, stagewise=False))
+    setup = _fmnist_setup(quick, PGD20_CLAMPED, bases, quick_train_size=5000)
+    data = setup.data
     joint_pre, joint_scratch, ft_epochs = (1, 2, 1.0) if quick else (3, 10, 3.0)
 
     def ft(seed: int, epochs: float) -> TrainConfig:
@@ -590,10 +584,7 @@ def plan_002(quick: bool, seeds: Sequence[int]) -> Plan:
     rows: list[Row] = []
     match: dict[str, float] = {}
     for seed in seeds:
-        dense = PruneConfig(sparsity=0.0)
-        rows.append(Row("002", "intrain", "fast", "dense", "none", seed, TrialParams(prune=dense, seed=seed)))
-        rows.append(Row("002", "intrain", "fast", "dense", "FastAT", seed,
-                        TrialParams(prune=dense, finetune=ft(seed, joint_pre + ft_epochs), seed=seed), control=True))
+        rows += _dense_rows("002", "intrain", "fast", seed, ft(seed, joint_pre + ft_epochs), "FastAT")
         for t in (0.7, 0.5, 0.3):
             for start in ("scratch", "pretrained"):
                 for sched in ("fixed", "adaptive"):

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "ATTACKS", "AttackFn", "Precision", "register_attack", "list_attacks", "get_attack", "call_with_options",
+    "check_precision",
     "eval_mode", "autocast", "random_start", "ascent_step", "project", "input_grad", "predict", "fast_layout",
     "conv_layout",
 ]  # eval_mode is _torch's, re-exported for the attack modules
@@ -71,14 +72,20 @@ def call_with_options(fn: Callable[..., torch.Tensor], attack: str, kwargs: dict
 # ---------------------------------------------------------------------------------------------
 
 
+def check_precision(precision: str, attack: str | None = None) -> None:
+    """Raises ConfigError unless ``precision`` is "fp32" or "bf16"; ``attack`` prefixes the message."""
+    if precision not in ("fp32", "bf16"):
+        what = "precision" if attack is None else f"{attack} precision"
+        raise ConfigError(f"{what}: expected 'fp32' or 'bf16', got {precision!r}")
+
+
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """An autocast context: bf16 for conv / linear when ``precision == "bf16"``, a no-op for fp32.
 
     Raises:
         ConfigError: ``precision`` is neither "fp32" nor "bf16".
     """
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

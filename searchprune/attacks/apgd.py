@@ -46,6 +46,7 @@ from ._base import (
     _check_norm,
     autocast,
     call_with_options,
+    check_precision,
     conv_layout,
     eval_mode,
     fast_layout,
@@ -272,8 +273,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     if eps < 0 or steps < 1 or restarts < 1 or not 0 < rho < 1:
         raise ConfigError(f"apgd: expected eps >= 0, steps >= 1, restarts >= 1, 0 < rho < 1; got eps={eps}, "
                           f"steps={steps}, restarts={restarts}, rho={rho}")
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"apgd precision: expected 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision, "apgd")
     if loss not in LOSSES:
         raise ConfigError(f"apgd loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
     if n_targets < 1:

@@ -19,7 +19,7 @@ from .._progress import Progress
 from .._torch import eval_mode, model_device
 from ..config import ThreatModel
 from ..errors import ConfigError
-from ._base import Precision, conv_layout, get_attack, predict
+from ._base import Precision, check_precision, conv_layout, get_attack, predict
 from .transfer import transfer_examples
 
 __all__ = [
@@ -166,8 +166,7 @@ def evaluate(model: nn.Module, loader: Batches, threat: ThreatModel, *,
     """
     names = list(attacks)
     fns = {name: get_attack(name) for name in names}  # unknown names fail before any work
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision)
     extra = {} if precision == "fp32" else {"precision": precision}  # custom attacks may lack it
     clean = worst = transfer = total = 0
     robust = dict.fromkeys(names, 0)

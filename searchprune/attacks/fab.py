@@ -41,6 +41,7 @@ from ._base import (
     _check_norm,
     autocast,
     call_with_options,
+    check_precision,
     conv_layout,
     eval_mode,
     fast_layout,
@@ -217,8 +218,7 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         raise ConfigError(f"fab: expected eps >= 0, steps >= 1, n_targets >= 1, restarts >= 1, 0 <= alpha_max <= 1, "
                           f"eta > 0, 0 < beta <= 1; got eps={eps}, steps={steps}, n_targets={n_targets}, "
                           f"restarts={restarts}, alpha_max={alpha_max}, eta={eta}, beta={beta}")
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"fab precision: expected 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision, "fab")
     x = x.detach()
     if eps == 0 or len(x) == 0:
         return x.clone()

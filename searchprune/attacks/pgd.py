@@ -33,6 +33,7 @@ from ._base import (
     ascent_step,
     autocast,
     call_with_options,
+    check_precision,
     conv_layout,
     eval_mode,
     fast_layout,
@@ -140,8 +141,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     if eps < 0 or alpha <= 0 or steps < 0 or restarts < 1:
         raise ConfigError(f"pgd: expected eps >= 0, alpha > 0, steps >= 0, restarts >= 1; got eps={eps}, "
                           f"alpha={alpha}, steps={steps}, restarts={restarts}")
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"pgd precision: expected 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision, "pgd")
     if y is None and not y_from_model:
         raise ConfigError("pgd: labels y are required unless y_from_model=True")
     x = x.detach()

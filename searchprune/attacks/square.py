@@ -36,6 +36,7 @@ from ._base import (
     Precision,
     autocast,
     call_with_options,
+    check_precision,
     conv_layout,
     eval_mode,
     fast_layout,
@@ -112,8 +113,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, qu
     if eps < 0 or queries < 1 or not 0 < p_init <= 1:
         raise ConfigError(f"square: expected eps >= 0, queries >= 1, 0 < p_init <= 1; got eps={eps}, "
                           f"queries={queries}, p_init={p_init}")
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"square precision: expected 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision, "square")
     if x.dim() != 4:
         raise ConfigError(f"square: expected images (B, C, H, W), got shape {tuple(x.shape)}")
     x = x.detach()

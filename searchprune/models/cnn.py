@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._blocks import he_init_
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model, require_min_size
 
@@ -70,11 +71,7 @@ class EightLayerConv(nn.Module):
         self.relu7 = nn.ReLU()
         self.fc2 = mark_classifier(nn.Linear(128, num_classes))
         if init == "kaiming":
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d | nn.Linear):
-                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+            he_init_(self)
         elif init != "torch_default":
             raise ConfigError(f"cnn8 init {init!r}: expected 'kaiming' or 'torch_default'")
 
@@ -125,11 +122,7 @@ class MnistSmall(nn.Module):
         self.fc1 = nn.Linear(32 * h * w, 100)
         self.relu3 = nn.ReLU()
         self.fc2 = mark_classifier(nn.Linear(100, num_classes))
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        he_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu1(self.conv1(self.normalize(x)))  # (B, 16, H/2, W/2)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._blocks import he_fan_out_init_, make_stage, projection
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model
 
@@ -35,9 +36,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut: nn.Conv2d | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+        self.shortcut = projection(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu1(self.bn1(x))
@@ -73,23 +72,15 @@ class PreActResNet(nn.Module):
         in_planes = 64
         stages = []
         for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), num_blocks):
-            blocks = []
-            for i in range(n):
-                blocks.append(PreActBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
+            stages.append(make_stage(PreActBlock, in_planes, planes, stride, n))
+            in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn = nn.BatchNorm2d(in_planes)
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.linear = mark_classifier(nn.Linear(in_planes, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.normalize(x))  # (B, 64, H, W)

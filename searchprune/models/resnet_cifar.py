@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._blocks import he_fan_out_init_, make_stage
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model
 
@@ -80,24 +81,13 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        stages = []
-        in_planes = 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for i in range(blocks_per_stage):
-                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        self.layer1 = make_stage(BasicBlock, 16, 16, 1, blocks_per_stage)
+        self.layer2 = make_stage(BasicBlock, 16, 32, 2, blocks_per_stage)
+        self.layer3 = make_stage(BasicBlock, 32, 64, 2, blocks_per_stage)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.linear = mark_classifier(nn.Linear(64, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(self.normalize(x))))  # (B, 16, H, W)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._blocks import he_fan_out_init_
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model, require_min_size
 
@@ -63,17 +64,7 @@ class VGG(nn.Module):
             nn.Linear(256, 256), nn.ReLU(),
             mark_classifier(nn.Linear(256, num_classes)),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init_(self, linear_std=0.01, zero_linear_bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.normalize(x))  # (B, 512, H/16, W/16)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._blocks import he_fan_out_init_, make_stage, projection
 from ._normalize import Normalize
 from ._registry import mark_classifier, register_model
 
@@ -42,9 +43,7 @@ class WideBasic(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.equal_in_out = in_planes == planes and stride == 1
-        self.shortcut: nn.Conv2d | None = None
-        if not self.equal_in_out:  # projection on the activated input
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+        self.shortcut = projection(in_planes, planes, stride)  # applied to the activated input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu1(self.bn1(x))
@@ -91,28 +90,19 @@ class WideResNet(nn.Module):
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         self.normalize = Normalize(mean, std, num_channels=in_channels)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        groups = []
-        in_planes = widths[0]
-        for planes, stride in zip(widths[1:], (1, 2, 2)):
-            blocks = []
-            for i in range(n):
-                blocks.append(WideBasic(in_planes, planes, stride if i == 0 else 1, dropout))
-                in_planes = planes
-            groups.append(nn.Sequential(*blocks))
-        self.block1, self.block2, self.block3 = groups
+        def block(in_planes: int, planes: int, stride: int) -> WideBasic:
+            return WideBasic(in_planes, planes, stride, dropout)
+
+        self.block1 = make_stage(block, widths[0], widths[1], 1, n)
+        self.block2 = make_stage(block, widths[1], widths[2], 2, n)
+        self.block3 = make_stage(block, widths[2], widths[3], 2, n)
+        in_planes = widths[3]
         self.bn = nn.BatchNorm2d(in_planes)
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = mark_classifier(nn.Linear(in_planes, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_fan_out_init_(self, zero_linear_bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.normalize(x))  # (B, 16, H, W)

@@ -1,4 +1,5 @@
-"""What the study figures and the report draw: one record per finished trial, 2-D fronts, hypervolume history.
+"""What the study figures and the report draw: one record per finished trial, 2-D fronts, hypervolume history,
+the points of each objective pair, the certified metric and the stage-wise rows.
 
 Kept apart from the drawing (:mod:`.plots`) so the numbers behind each figure are tested as data.
 Everything here reads trials defensively: attributes a study version did not store (test metrics of
@@ -25,7 +26,8 @@ from .study import stored_config
 
 __all__ = [
     "Metric", "metric", "TrialPoint", "trial_points", "front_2d", "hypervolume_history", "baseline_name",
-    "STAGES", "DEFAULT_NAMES",
+    "STAGES", "DEFAULT_NAMES", "maximized", "metric_names", "cost_kind", "trial_groups", "pair_points",
+    "certified_metric", "compute_axis", "stage_rows",
 ]
 
 DEFAULT_NAMES = ["clean_acc", "robust_acc", "macs"]
@@ -236,4 +238,62 @@ def hypervolume_history(study: optuna.Study) -> dict[str, list[float]]:
         out["trials"].append(k + 1)
         out["compute_s"].append(spent)
         out["hypervolume"].append(hypervolume(pts, [0.0, 0.0, 1.0]) if pts else 0.0)
+    return out
+
+
+def metric_names(study: optuna.Study) -> list[str]:
+    """The study's objective names (``DEFAULT_NAMES`` for a study that never set them)."""
+    return list(study.metric_names or DEFAULT_NAMES)
+
+
+def cost_kind(names: Sequence[str]) -> str:
+    """The cost objective's name (the third), for titles."""
+    return names[2] if len(names) > 2 else "cost"
+
+
+def trial_groups(points: Sequence[TrialPoint]) -> dict[tuple[str, str, int], list[TrialPoint]]:
+    """Feasible searched points (seed recipes apart) by (method, recipe, weight bits): one legend entry each."""
+    out: dict[tuple[str, str, int], list[TrialPoint]] = {}
+    for p in points:
+        if p.feasible and p.baseline is None:
+            out.setdefault((p.method, p.recipe, p.bits), []).append(p)
+    return out
+
+
+def pair_points(points: Sequence[TrialPoint], names: Sequence[str], x: str, y: str,
+                maximize: tuple[bool, bool]) -> tuple[list[TrialPoint], list[tuple[float, float]]]:
+    """The points that have both metrics, and the 2-D front (shown units) of the feasible ones."""
+    have = [p for p in points if p.value(x, names) is not None and p.value(y, names) is not None]
+    mx, my = metric(x), metric(y)
+    feas = [p for p in have if p.feasible]
+    xy = [(mx.show(p.value(x, names) or 0.0), my.show(p.value(y, names) or 0.0)) for p in feas]
+    return have, [xy[i] for i in front_2d(xy, maximize)]
+
+
+def certified_metric(points: Sequence[TrialPoint]) -> str | None:
+    """The certified robust metric the trials stored (``test_worst_acc``, else a ``test_acc_*``), or None."""
+    keys = {k for p in points for k, v in p.attrs.items() if k.startswith("test_") and isinstance(v, int | float)}
+    if "test_worst_acc" in keys:
+        return "test_worst_acc"
+    accs = sorted(k for k in keys if k.startswith("test_acc_"))
+    return accs[0] if accs else None
+
+
+def compute_axis(seconds: Sequence[float]) -> tuple[list[float], str]:
+    """Summed trial seconds in the unit that reads best (s, min or h), and the axis label."""
+    if seconds and seconds[-1] >= 2 * 3600:
+        return [s / 3600 for s in seconds], "compute (trial time, h)"
+    if seconds and seconds[-1] >= 600:
+        return [s / 60 for s in seconds], "compute (trial time, min)"
+    return list(seconds), "compute (trial time, s)"
+
+
+def stage_rows(study: optuna.Study, points: Sequence[TrialPoint]) -> list[tuple[TrialPoint, list[str]]]:
+    """Pareto trials with stage-wise measurements, and the stages each has (in pipeline order)."""
+    pareto = {t.number for t in study.best_trials}
+    out = []
+    for p in points:
+        stages = [s for s in STAGES if isinstance(p.attrs.get(f"stage_{s}_pgd_acc"), int | float)]
+        if p.number in pareto and stages:
+            out.append((p, stages))
     return out

@@ -35,7 +35,21 @@ from optuna.visualization import matplotlib as mpl
 from optuna_dashboard import save_plotly_graph_object
 from plotly.subplots import make_subplots
 
-from .plot_data import DEFAULT_NAMES, STAGES, TrialPoint, front_2d, hypervolume_history, maximized, metric, trial_points
+from .plot_data import (
+    STAGES,
+    TrialPoint,
+    certified_metric,
+    compute_axis,
+    cost_kind,
+    hypervolume_history,
+    maximized,
+    metric,
+    metric_names,
+    pair_points,
+    stage_rows,
+    trial_groups,
+    trial_points,
+)
 from .reports import reference_point
 
 __all__ = ["write_plots", "figures", "PROJECTIONS", "Figures"]
@@ -73,46 +87,20 @@ class _Style:
         return _SHAPES[self.recipes.index(recipe) % len(_SHAPES)] if recipe in self.recipes else _SHAPES[0]
 
 
-def _names(study: optuna.Study) -> list[str]:
-    return list(study.metric_names or DEFAULT_NAMES)
-
-
-def _cost_kind(names: Sequence[str]) -> str:
-    return names[2] if len(names) > 2 else "cost"
-
-
 # --------------------------------------------------------------------------------------------
 # One objective pair
 # --------------------------------------------------------------------------------------------
 
 
-def _groups(points: Sequence[TrialPoint]) -> dict[tuple[str, str, int], list[TrialPoint]]:
-    out: dict[tuple[str, str, int], list[TrialPoint]] = {}
-    for p in points:
-        if p.feasible and p.baseline is None:
-            out.setdefault((p.method, p.recipe, p.bits), []).append(p)
-    return out
-
-
-def _pair_data(points: Sequence[TrialPoint], names: Sequence[str], x: str, y: str,
-               maximize: tuple[bool, bool]) -> tuple[list[TrialPoint], list[tuple[float, float]]]:
-    """The points that have both metrics, and the 2-D front (shown units) of the feasible ones."""
-    have = [p for p in points if p.value(x, names) is not None and p.value(y, names) is not None]
-    mx, my = metric(x), metric(y)
-    feas = [p for p in have if p.feasible]
-    xy = [(mx.show(p.value(x, names) or 0.0), my.show(p.value(y, names) or 0.0)) for p in feas]
-    return have, [xy[i] for i in front_2d(xy, maximize)]
-
-
 def _pair_title(names: Sequence[str], x: str, y: str, what: str = "") -> str:
-    return f"{what}{metric(y).label} vs {metric(x).label} (cost: {_cost_kind(names)})"
+    return f"{what}{metric(y).label} vs {metric(x).label} (cost: {cost_kind(names)})"
 
 
 def _add_pair_plotly(fig: go.Figure, points: Sequence[TrialPoint], names: Sequence[str], x: str, y: str,
                      maximize: tuple[bool, bool], style: _Style, *, row: int | None = None, col: int | None = None,
                      legend: bool = True) -> None:
     mx, my = metric(x), metric(y)
-    have, front = _pair_data(points, names, x, y, maximize)
+    have, front = pair_points(points, names, x, y, maximize)
     where = {"row": row, "col": col} if row is not None else {}
 
     def xs(ps: Sequence[TrialPoint]) -> list[float]:
@@ -121,7 +109,7 @@ def _add_pair_plotly(fig: go.Figure, points: Sequence[TrialPoint], names: Sequen
     def ys(ps: Sequence[TrialPoint]) -> list[float]:
         return [my.show(p.value(y, names) or 0.0) for p in ps]
 
-    for (method, recipe, bits), ps in _groups(have).items():
+    for (method, recipe, bits), ps in trial_groups(have).items():
         edge, width = _edge(bits)
         fig.add_trace(go.Scatter(
             x=xs(ps), y=ys(ps), mode="markers", name=f"{method} · {recipe} · {bits}-bit", legendgroup=method,
@@ -151,12 +139,12 @@ def _add_pair_plotly(fig: go.Figure, points: Sequence[TrialPoint], names: Sequen
 def _draw_pair_mpl(ax: Any, points: Sequence[TrialPoint], names: Sequence[str], x: str, y: str,
                    maximize: tuple[bool, bool], style: _Style, *, legend: bool = True) -> None:
     mx, my = metric(x), metric(y)
-    have, front = _pair_data(points, names, x, y, maximize)
+    have, front = pair_points(points, names, x, y, maximize)
 
     def xy(ps: Sequence[TrialPoint]) -> tuple[list[float], list[float]]:
         return [mx.show(p.value(x, names) or 0.0) for p in ps], [my.show(p.value(y, names) or 0.0) for p in ps]
 
-    for (method, recipe, bits), ps in _groups(have).items():
+    for (method, recipe, bits), ps in trial_groups(have).items():
         edge, width = _edge(bits)
         ax.scatter(*xy(ps), c=style.colour(method), marker=style.shape(recipe)[1], s=55, zorder=3,
                    edgecolors="#444444" if bits == 32 else edge, linewidths=0.5 if bits == 32 else width,
@@ -180,7 +168,7 @@ def _draw_pair_mpl(ax: Any, points: Sequence[TrialPoint], names: Sequence[str], 
 
 
 def _pair_figures(study: optuna.Study, points: Sequence[TrialPoint], style: _Style) -> Figures:
-    names, mx = _names(study), maximized(study)
+    names, mx = metric_names(study), maximized(study)
     out: Figures = {}
     for i, j in PROJECTIONS:
         x, y, maximize = names[i], names[j], (mx[i], mx[j])
@@ -203,20 +191,11 @@ def _pair_figures(study: optuna.Study, points: Sequence[TrialPoint], style: _Sty
 # --------------------------------------------------------------------------------------------
 
 
-def certified_metric(points: Sequence[TrialPoint]) -> str | None:
-    """The certified robust metric the trials stored (``test_worst_acc``, else a ``test_acc_*``), or None."""
-    keys = {k for p in points for k, v in p.attrs.items() if k.startswith("test_") and isinstance(v, int | float)}
-    if "test_worst_acc" in keys:
-        return "test_worst_acc"
-    accs = sorted(k for k in keys if k.startswith("test_acc_"))
-    return accs[0] if accs else None
-
-
 def _certified(study: optuna.Study, points: Sequence[TrialPoint], style: _Style) -> Figures:
     robust = certified_metric(points)
     if robust is None:
         return {}
-    names, mx = _names(study), maximized(study)
+    names, mx = metric_names(study), maximized(study)
     cost = names[2]
     certified = [p for p in points if p.value(robust, names) is not None]
     label = metric(robust.removeprefix("test_")).label
@@ -224,7 +203,7 @@ def _certified(study: optuna.Study, points: Sequence[TrialPoint], style: _Style)
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=[t for t, _, _ in panels])
     for k, (_, ps, y) in enumerate(panels):
         _add_pair_plotly(fig, ps, names, cost, y, (mx[2], True), style, row=1, col=k + 1, legend=k == 0)
-    title = f"certified front beside the search front (cost: {_cost_kind(names)})"
+    title = f"certified front beside the search front (cost: {cost_kind(names)})"
     fig.update_layout(title=title, template="plotly_white", legend={"font": {"size": 10}})
 
     def draw() -> Any:
@@ -238,19 +217,11 @@ def _certified(study: optuna.Study, points: Sequence[TrialPoint], style: _Style)
     return {"certified_front": (fig, draw)}
 
 
-def _compute_axis(seconds: Sequence[float]) -> tuple[list[float], str]:
-    if seconds and seconds[-1] >= 2 * 3600:
-        return [s / 3600 for s in seconds], "compute (trial time, h)"
-    if seconds and seconds[-1] >= 600:
-        return [s / 60 for s in seconds], "compute (trial time, min)"
-    return list(seconds), "compute (trial time, s)"
-
-
 def _hypervolume(study: optuna.Study) -> Figures:
     h = hypervolume_history(study)
-    comp, comp_label = _compute_axis(h["compute_s"])
-    names = _names(study)
-    title = f"hypervolume (clean, robust, {_cost_kind(names)} / dense; feasible trials)"
+    comp, comp_label = compute_axis(h["compute_s"])
+    names = metric_names(study)
+    title = f"hypervolume (clean, robust, {cost_kind(names)} / dense; feasible trials)"
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["vs trials", "vs compute"])
     fig.add_trace(go.Scatter(x=h["trials"], y=h["hypervolume"], mode="lines+markers", line={"shape": "hv"},
                              name="vs trials"), row=1, col=1)
@@ -274,17 +245,6 @@ def _hypervolume(study: optuna.Study) -> Figures:
         return f
 
     return {"hypervolume_history": (fig, draw)}
-
-
-def stage_rows(study: optuna.Study, points: Sequence[TrialPoint]) -> list[tuple[TrialPoint, list[str]]]:
-    """Pareto trials with stage-wise measurements, and the stages each has (in pipeline order)."""
-    pareto = {t.number for t in study.best_trials}
-    out = []
-    for p in points:
-        stages = [s for s in STAGES if isinstance(p.attrs.get(f"stage_{s}_pgd_acc"), int | float)]
-        if p.number in pareto and stages:
-            out.append((p, stages))
-    return out
 
 
 def _stage_label(p: TrialPoint) -> str:
@@ -333,7 +293,7 @@ def _stagewise(study: optuna.Study, points: Sequence[TrialPoint], style: _Style)
 
 
 def _optuna_views(study: optuna.Study) -> Figures:
-    names = _names(study)
+    names = metric_names(study)
     vis = optuna.visualization
     out: Figures = {"pareto_3d": (vis.plot_pareto_front(study, target_names=names),
                                   lambda: mpl.plot_pareto_front(study, target_names=names))}

@@ -8,7 +8,7 @@ installs it with ``--no-deps``; the cross-checks skip without it, the other test
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,8 @@ from searchprune.attacks.square import square, square_p_schedule
 from searchprune.config import ThreatModel
 from searchprune.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPS = 0.05  # on the net below: APGD-CE leaves ~38% robust, AutoAttack ~36%, clean ~100%
 TOL = 0.01  # the 1 pp agreement asked of the cross-check
 
@@ -37,15 +39,6 @@ def _data10(n: int, seed: int, hw: int = 12) -> tuple[torch.Tensor, torch.Tensor
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
     return (0.35 * protos[y] + 0.65 * torch.rand(n, 1, hw, hw, generator=g)).clamp(0, 1), y
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Attack loops are many small ops: one thread is faster than two fighting for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

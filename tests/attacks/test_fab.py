@@ -4,8 +4,6 @@ model. The torchattacks comparison of the whole FAB-T run is in test_autoattack.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from _toys import Constant, toy_data
@@ -14,14 +12,7 @@ from _toys import accuracy as _acc
 from searchprune.attacks.fab import fab, hyperplane_projection
 from searchprune.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Attack loops are many small ops: one thread is faster than two fighting for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(n: int = 64, d: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -22,11 +22,6 @@ ARCHS = {  # name -> (input shape, create_model kwargs, batch norms)
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _randomize_bn_(model: nn.Module) -> nn.Module:
     """Non-trivial eval statistics, so a wrong fold shows (fresh BNs are the identity map)."""
     with torch.no_grad():

@@ -20,11 +20,6 @@ SHAPE = (1, 28, 28)
 OUT_SIZES = {"conv1": 28, "conv2": 14, "conv3": 14, "conv4": 7, "conv5": 7, "conv6": 4}  # cnn8 at 28x28
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _cnn8() -> nn.Module:
     return create_model("cnn8", num_classes=10, in_channels=1, image_size=SHAPE[1:]).eval()
 

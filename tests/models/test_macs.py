@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _toys import MaskParam
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from searchprune.models import create_model
 from searchprune.models.macs import count_dense_macs, count_macs, count_params, layer_costs
-
-
-class _Mask(nn.Module):
-    """A fixed 0/1 weight mask as a parametrization (how searchprune.prune masks weights)."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask
 
 
 def _small_net() -> nn.Sequential:
@@ -96,7 +86,7 @@ def test_masking_half_a_layer_halves_its_macs() -> None:
     conv = model[3]
     mask = torch.ones_like(conv.weight)
     mask[: conv.out_channels // 2] = 0  # half the filters
-    parametrize.register_parametrization(conv, "weight", _Mask(mask))
+    parametrize.register_parametrization(conv, "weight", MaskParam(mask))
     costs = layer_costs(model, (3, 10, 10))
     assert costs["3"].macs * 2 == costs["3"].dense_macs
     assert costs["3"].nonzero_params * 2 == costs["3"].params
@@ -113,7 +103,7 @@ def test_count_params_uses_the_effective_weight() -> None:
     assert nonzero_before == dense_total - model[1].bias.numel()
     conv = model[3]
     mask = (torch.rand_like(conv.weight) > 0.25).float()
-    parametrize.register_parametrization(conv, "weight", _Mask(mask))
+    parametrize.register_parametrization(conv, "weight", MaskParam(mask))
     # `original` replaces `weight` and is not double counted
     assert count_params(model, nonzero=False) == dense_total
     assert count_params(model, nonzero=True) == nonzero_before - int((mask == 0).sum())

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _toys import bn_cnn
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -33,13 +34,7 @@ THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=2)
 
 def _net() -> nn.Module:
     """conv 1->8 (BN), conv 8->16 (BN), pool, fc 256->32, classifier 32->4."""
-    m = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 4),
-    )
-    m[-1].is_classifier = True
-    return m
+    return bn_cnn(hidden=32)
 
 
 def _loader():
@@ -54,11 +49,6 @@ def _magnitude_mask(w: torch.Tensor, j: int) -> torch.Tensor:
     mask = torch.ones(w.numel())
     mask[torch.sort(w.detach().abs().reshape(-1), stable=True).indices[:j]] = 0
     return mask.reshape(w.shape)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def test_n_pruned_is_hydras_floor() -> None:

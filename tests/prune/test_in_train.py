@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _toys import bn_cnn
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -33,13 +34,7 @@ THREAT = ThreatModel(eps=0.05, alpha=0.02, steps=2)
 
 def _net() -> nn.Module:
     """conv 1->8 (BN), conv 8->16 (BN), pool, flatten, classifier 256->4."""
-    m = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(256, 4),
-    )
-    m[-1].is_classifier = True
-    return m
+    return bn_cnn()
 
 
 class _ResNetLet(nn.Module):
@@ -71,11 +66,6 @@ def _loader(n: int = 256, batch: int = 32):
     y = torch.randint(0, 4, (n,), generator=g)
     x = (0.4 * protos[y] + 0.6 * torch.rand(n, *INPUT, generator=g)).clamp(0, 1)
     return BatchLoader(ArrayDataset((x * 255).to(torch.uint8), y), batch, shuffle=True, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------

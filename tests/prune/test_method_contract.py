@@ -113,11 +113,6 @@ def _ids(case: tuple[str, ...]) -> str:
     return "-".join(case)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Shape kept, sparsity exact
 # ---------------------------------------------------------------------------------------------

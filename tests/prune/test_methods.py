@@ -57,11 +57,6 @@ def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: get_mask(m) for n, m in prunable_layers(model).items()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 # ---------------------------------------------------------------------------------------------
 # GAP (methods.md A.5)
 # ---------------------------------------------------------------------------------------------

@@ -24,11 +24,6 @@ ARCHS = {  # name -> (input shape, create_model kwargs)
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _create(arch: str) -> tuple[nn.Module, tuple[int, ...]]:
     shape, kw = ARCHS[arch]
     return models.create_model(arch, num_classes=10, **kw), shape

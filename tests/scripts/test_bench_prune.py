@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_prune", ROOT / "scripts" / "bench_prune.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_prune"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_prune")
 
 
 def test_networks_keep_a_multiple_of_round_to(bench: ModuleType) -> None:

@@ -3,27 +3,19 @@ recipe. The studies themselves are exercised by the study tests; here only the a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import optuna
 import pytest
+from _scripts import ROOT, load_script
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "scripts" / "bench_search.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_search"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_search")
 
 
 def _trial(number: int, clean: float, robust: float, macs: float,

@@ -16,18 +16,10 @@ from searchprune.errors import ConfigError
 from searchprune.search import create_study, optimize
 from searchprune.search.pruner import DIRECTIONS, promote
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PRUNER = {"name": "mo_asha", "min_epochs": 0.25, "eta": 2, "max_epochs": 1.0, "min_trials_per_rung": 2,
           "rung_n_eval": 32, "rung_pgd_steps": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
 
 
 def _cfg(tmp_path, base, name, n_trials, **pruner):

@@ -15,15 +15,7 @@ from searchprune.config import StudyConfig, build
 from searchprune.errors import ConfigError
 from searchprune.search import certified_attrs, create_study, load_study, optimize, parse_attack, validate_names
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _url(tmp_path) -> str:

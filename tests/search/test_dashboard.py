@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _chromium import chromium_or_skip, render
 from _pg import free_port
 from optuna.distributions import FloatDistribution
 
@@ -104,34 +104,18 @@ def test_dashboard_serves_the_study(dashboard):
     assert proc.poll() is None  # still serving
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.mark.slow
 def test_dashboard_page_screenshot(dashboard, tmp_path):
     """Renders the study page in headless Chromium: the DOM names the study and the PNG is not blank."""
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium; scripts/test.sh does it)")
+    browser = chromium_or_skip()
     from PIL import Image
 
     base, _ = dashboard
     study_id = next(s["study_id"] for s in json.loads(_get(f"{base}/api/studies")[1])["study_summaries"]
                     if s["study_name"] == STUDY)
     page = f"{base}/dashboard/studies/{study_id}"
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,900",
-             "--virtual-time-budget=15000"]
-    try:
-        dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True,
-                             timeout=120)
-        shot = tmp_path / "dashboard.png"
-        subprocess.run([browser, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    shot = tmp_path / "dashboard.png"
+    dom = render(browser, page, page, shot, budget_ms=15000, timeout_s=120)
     assert STUDY in dom.stdout, f"study name not in the rendered page; chromium said: {dom.stderr[-2000:]}"
     assert shot.is_file() and shot.stat().st_size > 20_000
     img = Image.open(shot).convert("RGB")

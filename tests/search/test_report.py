@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
-import subprocess
-import tempfile
 
 import pytest
+from _chromium import chromium_or_skip, render
 from _handmade import handmade_study
 
 from searchprune.cli import main
@@ -73,16 +71,10 @@ def test_cli_writes_the_report_with_interactive_figures(tmp_path, capsys):
     assert page.count("plotly.js v") <= 2
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     """The page opens from a file with the network off: a screenshot is made and every figure decoded."""
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium; scripts/test.sh does it)")
+    browser = chromium_or_skip()
     from PIL import Image
 
     path = write_report(handmade_study(), tmp_path / "rep")
@@ -93,18 +85,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
               "document.body.setAttribute('data-plots',document.querySelectorAll('.js-plotly-plot .main-svg')"
               ".length)});</script>")
     probe.write_text(path.read_text().replace("</body>", script + "</body>"))
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,900",
-             "--virtual-time-budget=20000"]
-    try:
-        dom = subprocess.run([browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                             timeout=180)
-        shot = tmp_path / "report.png"
-        subprocess.run([browser, *flags, f"--screenshot={shot}", path.as_uri()], capture_output=True, timeout=180)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    shot = tmp_path / "report.png"
+    dom = render(browser, probe.as_uri(), path.as_uri(), shot, budget_ms=20000, timeout_s=180)
     m = re.search(r'data-widths="([-0-9,]*)"', dom.stdout)
     assert m, f"the probe did not run; chromium said: {dom.stderr[-2000:]}"
     widths = [int(w) for w in m.group(1).split(",") if w]

@@ -35,12 +35,9 @@ from searchprune.search.recovery import _HERE, recover_stale_trials, retry_of
 from searchprune.search.samplers import run_seed
 from searchprune.search.study import DIRECTIONS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -19,16 +19,7 @@ from searchprune.data import load_dataset
 from searchprune.models import create_model
 from searchprune.train import model_record
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """The module's base checkpoint (the first optimize trains it, later ones load it)."""
-    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _create(tmp_path, base, **overrides) -> tuple[str, str]:

@@ -33,11 +33,6 @@ pytestmark = pytest.mark.slow
 N = 30
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
-
-
 @pytest.fixture(params=["journal", "postgresql"])
 def storage(request, tmp_path):
     if request.param == "journal":

@@ -29,6 +29,8 @@ from searchprune.search import (
     study_summary,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SAMPLERS = {
     # options make the model-based part run within 3 trials (not only the random start-up)
     "tpe": ({"n_startup_trials": 1}, optuna.samplers.TPESampler),
@@ -37,18 +39,6 @@ SAMPLERS = {
     "gp": ({"n_startup_trials": 1}, optuna.samplers.GPSampler),
     "random": ({}, optuna.samplers.RandomSampler),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One torch thread per process (the CPU is shared); workers inherit it."""
-    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """Path of the module's base checkpoint (the first optimize trains it, later ones load it)."""
-    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
 
 
 def _url(tmp_path) -> str:

@@ -27,18 +27,7 @@ from optuna.trial import TrialState
 from searchprune.search import create_study, optimize
 from searchprune.search.recovery import retry_of
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One torch thread per process (the CPU is shared); workers inherit it."""
-    monkeypatch.setenv("SEARCHPRUNE_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("base") / "mnist_small_synthetic.pt"
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

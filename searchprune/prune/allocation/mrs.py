@@ -37,7 +37,7 @@ from torch import nn
 
 from ..._torch import eval_mode
 from ...attacks import pgd
-from ...config import PruneConfig, ThreatModel
+from ...config import ThreatModel
 from ...errors import ConfigError
 from ..context import PruneContext
 from ..masks import weight_param
@@ -295,14 +295,7 @@ class MRSAllocation(RatioAllocation):
     option_checks = {"eps_w": number(low=0, low_open=True), "passes": positive_int(),
                      "n_batches": positive_int(), "mrs_lr": number(low=0, low_open=True),
                      "r_max": number(low=0, high=1, low_open=True)}
-
-    @classmethod
-    def check(cls, cfg: PruneConfig) -> None:
-        super().check(cfg)
-        r_max = float(cfg.options.get("r_max", MRS_DEFAULTS["r_max"]))
-        if cfg.sparsity is not None and cfg.sparsity > r_max:
-            raise ConfigError(f"prune.sparsity: a target of {cfg.sparsity} cannot be met with every layer "
-                              f"capped at r_max={r_max}; expected a sparsity in [0, {r_max}]")
+    ratio_cap = ("r_max", float(MRS_DEFAULTS["r_max"]))
 
     @classmethod
     def layer_ratios(cls, ctx: PruneContext) -> dict[str, float]:

@@ -8,6 +8,8 @@ from typing import ClassVar
 
 import torch
 
+from ...config import PruneConfig
+from ...errors import ConfigError
 from ..context import PruneContext
 from ._base import Allocation, keep_per_layer, register_allocation
 
@@ -15,10 +17,27 @@ __all__ = ["PerLayerAllocation", "RatioAllocation"]
 
 
 class RatioAllocation(Allocation):
-    """Shared by the allocations that give every layer its own ratio (per_layer, mrs)."""
+    """Shared by the allocations that give every layer its own ratio (per_layer, mrs, skewed).
+
+    Class attributes:
+        ratio_cap: ``(option, default)`` of the option capping every layer's ratio, or None. With a
+            cap, :meth:`check` rejects a ``prune.sparsity`` above it (no allocation could meet it).
+    """
 
     has_ratios = True
     ratio_source: ClassVar[str] = "prune.layer_sparsity"  # where the ratios come from, for messages
+    ratio_cap: ClassVar[tuple[str, float] | None] = None
+
+    @classmethod
+    def check(cls, cfg: PruneConfig) -> None:
+        super().check(cfg)
+        if cls.ratio_cap is None:
+            return
+        option, default = cls.ratio_cap
+        cap = float(cfg.options.get(option, default))
+        if cfg.sparsity is not None and cfg.sparsity > cap:
+            raise ConfigError(f"prune.sparsity: a target of {cfg.sparsity} cannot be met with every layer capped "
+                              f"at {option}={cap}; expected a sparsity in [0, {cap}]")
 
     @classmethod
     def select(cls, flat: Mapping[str, torch.Tensor], sizes: Mapping[str, int], *, sparsity: float | None,

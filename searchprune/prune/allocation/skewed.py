@@ -21,7 +21,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ...config import PruneConfig
 from ...errors import ConfigError
 from ..context import PruneContext
 from ..masks import weight_param
@@ -125,14 +124,7 @@ class SkewedAllocation(RatioAllocation):
     default_options = SKEWED_DEFAULTS
     option_checks = {"depth_skew": number(low=-1, high=1), "size_skew": number(low=-1, high=1),
                      "max_ratio": number(low=0, high=1, low_open=True, high_open=True)}
-
-    @classmethod
-    def check(cls, cfg: PruneConfig) -> None:
-        super().check(cfg)
-        max_ratio = float(cfg.options.get("max_ratio", SKEWED_DEFAULTS["max_ratio"]))
-        if cfg.sparsity is not None and cfg.sparsity > max_ratio:
-            raise ConfigError(f"prune.sparsity: a target of {cfg.sparsity} cannot be met with every layer capped "
-                              f"at max_ratio={max_ratio}; expected a sparsity in [0, {max_ratio}]")
+    ratio_cap = ("max_ratio", float(SKEWED_DEFAULTS["max_ratio"]))
 
     @classmethod
     def layer_ratios(cls, ctx: PruneContext) -> dict[str, float]:
