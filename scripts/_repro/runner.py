@@ -88,7 +88,7 @@ def mac_ratio(ctx: TrialContext, cfg: PruneConfig, *, seed: int = 0) -> float:
     seed_everything(seed)
     model = copy.deepcopy(ctx.base_model)
     prune_(model, cfg, input_shape=ctx.input_shape, loader=ctx.train_loader(128, seed=seed), threat=ctx.threat,
-           cache_dir=ctx.cache_dir)
+           cache=ctx.stat_cache)
     return count_macs(model, ctx.input_shape) / count_dense_macs(ctx.base_model, ctx.input_shape)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -204,3 +205,18 @@ def test_plot_needs_two_points_of_a_series(tmp_path: Path) -> None:
     two = dataclasses.replace(one, method="L1-filter 0.9", x=0.9)
     path = report.plot_plan(plan, [one, two], tmp_path / "b.png")
     assert path is not None and path.stat().st_size > 1000
+
+
+def test_mac_ratio_prunes_channels_of_a_real_context(tmp_path: Path) -> None:
+    """Rows matched to a MAC ratio (002's L1-filter comparison) prune the base through the context's cache."""
+    from searchprune.data import make_splits
+    from searchprune.models import build_model
+
+    setup = _setup(train_size=128, test_size=64, batch_size=64, eval_batch_size=64)
+    model = build_model(ModelConfig(arch="mnist_small"), make_splits(setup.data).info)
+    meta = {"model": {"arch": "mnist_small"}, "dataset": {"name": "synthetic"}}
+    ctx = runner.make_context(setup, model, meta, device=torch.device("cpu"), cache_dir=tmp_path / "cache")
+    cfg = PruneConfig(method="l1_filter", granularity="channel", allocation="uniform", sparsity=0.5)
+    assert runner.mac_ratio(ctx, cfg) < 0.5  # half the channels of every conv: about a quarter of the MACs
+    s = runner.match_mac_ratio(lambda s: runner.mac_ratio(ctx, dataclasses.replace(cfg, sparsity=s)), 0.5, tol=0.05)
+    assert 0 < s < 0.5
