@@ -220,3 +220,20 @@ def test_mac_ratio_prunes_channels_of_a_real_context(tmp_path: Path) -> None:
     assert runner.mac_ratio(ctx, cfg) < 0.5  # half the channels of every conv: about a quarter of the MACs
     s = runner.match_mac_ratio(lambda s: runner.mac_ratio(ctx, dataclasses.replace(cfg, sparsity=s)), 0.5, tol=0.05)
     assert 0 < s < 0.5
+
+
+def test_a_tie_of_collapsed_models_decides_no_target() -> None:
+    """HYDRA and LWM both at chance are not "HYDRA >= LWM: met"; one alive model is compared as usual."""
+    plan = papers.make_plan("003", quick=True, seeds=[0])
+
+    def cells(hydra_clean: float) -> list[core.Cell]:
+        recs = []
+        for i, row in enumerate(r for r in plan.rows if r.method.endswith(("0.9", "0.95", "0.99"))):
+            alive = row.method.startswith("HYDRA") and hydra_clean > 0.5
+            recs.append(_record(row, hydra_clean if alive else 0.10, 0.40 if alive else 0.10, index=i))
+        return core.aggregate(recs, ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio"))
+
+    collapsed = plan.targets(cells(0.10))
+    assert [t.met for t in collapsed] == [None, None, None, None]
+    assert "at chance" in collapsed[0].detail
+    assert [t.met for t in plan.targets(cells(0.80))][:3] == [True, True, True]
