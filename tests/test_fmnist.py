@@ -32,8 +32,8 @@ def test_real_study_end_to_end(tmp_path, capsys):
                  "export_attacks": ["pgd", "apgd"]},
         "defaults": {"prune": {"method": "magnitude", "sparsity": 0.5},
                      "finetune": {"recipe": "fast", "epochs": 1, "lr": 0.01}},
-        "space": {"prune.sparsity": {"low": 0.5, "high": 0.9}, "finetune.recipe": ["none", "fast"]},
-        "baselines": ["dense"],
+        "space": {"prune.sparsity": {"low": 0.5, "high": 0.9}},  # the recipe stays the default: fast AT
+        "baselines": [],  # the standard base is the yardstick (its PGD is printed at optimize)
         "sampler": {"name": "tpe", "seed": 0},
     }
     path = tmp_path / "study.yaml"
@@ -44,6 +44,7 @@ def test_real_study_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "base model: val clean" in out
     base_clean = float(out.split("base model: val clean ")[1].split(",")[0])
+    base_pgd = float(out.split("base model: val clean ")[1].split("PGD ")[1].split()[0])
     assert base_clean > 0.75, "a CNN-8 trained on real Fashion-MNIST for ~19k images is far above chance"
 
     import optuna
@@ -51,15 +52,12 @@ def test_real_study_end_to_end(tmp_path, capsys):
     study = optuna.load_study(study_name="fmnist_ci", storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2
-    dense = done[0]
-    assert dense.user_attrs["baseline"] and dense.user_attrs["mac_ratio"] == pytest.approx(1.0)
-    pruned = done[1]
-    if pruned.params["finetune.recipe"] != "fast":  # the sampler's pick: pin the comparison below to fast AT
-        pytest.skip("the sampled trial did not fine-tune adversarially")
+    pruned = max(done, key=lambda t: t.values[1])
+    assert set(pruned.params) == {"prune.sparsity"}  # fine-tuned with the default recipe: fast AT
     assert pruned.user_attrs["mac_ratio"] < 0.6
     assert 0.5 < pruned.values[0] <= 1.0 and 0.0 <= pruned.values[1] <= pruned.values[0]
     # fast adversarial fine-tuning makes the pruned model more robust than the standard base
-    assert pruned.values[1] > dense.values[1]
+    assert pruned.values[1] > base_pgd
 
     assert main(["study", "export", "--name", "fmnist_ci", "--storage", storage, "--trial", str(pruned.number),
                  "--out", str(tmp_path / "export")]) == 0
