@@ -253,7 +253,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .search import evaluate_export  # lazy: keeps --help fast
 
     res = evaluate_export(a.path, device=a.device, attacks=tuple(a.attacks) if a.attacks else None,
-                          data_dir=a.data_dir, trust_factory=a.trust_factory)
+                          data_dir=a.data_dir, trust_factory=a.trust_factory, n_test=a.n_test,
+                          progress=not a.quiet)
     m, r = res["measured"], res["recorded"]
     print(f"test ({m['n']} images), threat {res['threat']}")
     for k in m:
@@ -356,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="export directory")
     p.add_argument("--attacks", nargs="+", help="attacks to run (default: the export's ensemble)")
     p.add_argument("--data-dir", help="where the dataset lives on this machine")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="measure only the first N test images (default: the whole test split the export used)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     _trust_arg(p)
     _device_arg(p)
     p.set_defaults(fn=cmd_eval)

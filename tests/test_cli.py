@@ -67,6 +67,11 @@ def test_create_optimize_pareto_export_eval(tmp_path, capsys):
     assert main(["eval", str(export)]) == 0
     out = capsys.readouterr().out
     assert "clean_acc" in out and "recorded" in out
+    n_all = int(out.split("test (")[1].split()[0])
+    assert main(["eval", str(export), "--n-test", "7", "--quiet"]) == 0  # the first 7 test images only
+    assert "test (7 images)" in capsys.readouterr().out and n_all > 7
+    assert main(["eval", str(export), "--n-test", "0"]) == 2
+    assert "--n-test: expected >= 1, got 0" in capsys.readouterr().err
 
     # the plain-PyTorch artifact loads without searchprune and gives the same predictions
     import torch

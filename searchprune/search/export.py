@@ -363,14 +363,20 @@ def load(path: str | Path, *, trust_factory: str | None = None,
 
 
 def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
-                    data_dir: str | None = None, trust_factory: str | None = None) -> dict[str, Any]:
+                    data_dir: str | None = None, trust_factory: str | None = None, n_test: int | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Re-measures an export directory on its test split; returns measured and recorded metrics.
+
+    ``n_test`` measures only the first that many test images (the recorded metrics stay those of the
+    whole split: compare them knowingly); ``progress`` reports images done as the attacks run.
 
     Raises:
         ConfigError: not an export directory, a checkpoint of another dataset than the metadata
             names, data that does not fit the model, or a test split other than the one the
             export was measured on (``data_dir`` pointing at another dataset).
     """
+    if n_test is not None and n_test < 1:
+        raise ConfigError(f"--n-test: expected >= 1, got {n_test}")
     p = Path(path)
     meta_path = p / "metadata.json"
     if not meta_path.is_file():
@@ -398,8 +404,9 @@ def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tup
                           "export was measured on (its sha256 differs): another dataset or other files?")
     threat = build(ThreatModel, meta["threat"], "threat")
     atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
-    res = evaluate(model, BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev), threat,
-                   attacks=atk)
+    loader = BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev, max_images=n_test)
+    res = evaluate(model, loader, threat, attacks=atk, max_images=n_test, progress=progress,
+                   desc=f"eval test[{','.join(atk)}]")
     measured = {"clean_acc": res.clean, "worst_acc": res.worst, "n": res.n,
                 **{f"acc_{k}": v for k, v in res.robust.items()}}
     return {"measured": measured, "recorded": meta.get("test_metrics", {}), "threat": meta["threat"]}
