@@ -405,7 +405,7 @@ def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tup
     threat = build(ThreatModel, meta["threat"], "threat")
     atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
     loader = BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev, max_images=n_test)
-    res = evaluate(model, loader, threat, attacks=atk, max_images=n_test, progress=progress,
+    res = evaluate(model, loader, threat, attacks=atk, progress=progress,
                    desc="eval test")
     measured = {"clean_acc": res.clean, "worst_acc": res.worst, "n": res.n,
                 **{f"acc_{k}": v for k, v in res.robust.items()}}
