@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                          ".pt, from `searchprune train --config studies/train/cnn8_fmnist_standard.yaml`)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
+                    help="run only the rows whose key matches one of these shell patterns (keys look like "
+                         "001/table3/standard/L1-filter 0.8/AFT/seed0); the report lists the others as not run")
     ap.add_argument("--report-only", action="store_true", help="only rewrite DIR/REPORT.md from results.jsonl")
     ap.add_argument("--write-results", action="store_true", help="assemble docs/RESULTS.md from run directories")
     ap.add_argument("--from", dest="from_dirs", type=Path, nargs="*", default=None,
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{', '.join(plan.setup.bases)}, got {item!r}")
             given[name] = Path(path)
         if not a.report_only:
-            run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given,
+            run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given, only=a.only,
                      on_row=lambda: write_report(plan, out, command=command, quick=a.quick, machine=machine))
         print(f"wrote {write_report(plan, out, command=command, quick=a.quick, machine=machine)}")
         return 0

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,12 @@ def resolve_row(row: Row, ctx: TrialContext, match: float | None) -> Row:
 
 
 def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None, quick: bool,
-             base_checkpoints: Mapping[str, Path] | None = None,
+             base_checkpoints: Mapping[str, Path] | None = None, only: Sequence[str] | None = None,
              on_row: Callable[[], object] = lambda: None, log: Callable[[str], None] = print) -> int:
     """Runs every row of ``plan`` not yet in ``out/results.jsonl``, appending each as it finishes.
 
+    ``only`` (shell patterns, ``fnmatch``) keeps the rows whose key matches one of them: a long run
+    can do its headline cells first; the others stay "not run" in the report until a later run.
     ``base_checkpoints`` (base name -> checkpoint) uses an existing base model instead of the cached
     or freshly trained one; each record names the checkpoint it used.
 
@@ -158,9 +161,15 @@ def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None
     """
     results = out / "results.jsonl"
     todo = pending_rows(plan.rows, plan.setup, load_results(results))
+    n_pending = len(todo)
+    if only is not None:
+        todo = [r for r in todo if any(fnmatch.fnmatchcase(r.key, pat) for pat in only)]
+        if not todo and not any(fnmatch.fnmatchcase(r.key, pat) for r in plan.rows for pat in only):
+            raise ConfigError(f"--only {' '.join(only)}: matches no row of paper {plan.paper} (keys look like "
+                              f"{plan.rows[0].key!r})")
     index = {r.key: i for i, r in enumerate(plan.rows)}
-    log(f"paper {plan.paper}: {len(plan.rows) - len(todo)} of {len(plan.rows)} rows done, {len(todo)} to run "
-        f"-> {results}")
+    log(f"paper {plan.paper}: {len(plan.rows) - n_pending} of {len(plan.rows)} rows done, {len(todo)} to run "
+        + (f"(--only; {n_pending - len(todo)} others left) " if only is not None else "") + f"-> {results}")
     dev = get_device(device)
     contexts: dict[str, TrialContext] = {}
     bases_meta: dict[str, dict[str, Any]] = {}

@@ -237,3 +237,22 @@ def test_a_tie_of_collapsed_models_decides_no_target() -> None:
     assert [t.met for t in collapsed] == [None, None, None, None]
     assert "at chance" in collapsed[0].detail
     assert [t.met for t in plan.targets(cells(0.80))][:3] == [True, True, True]
+
+
+def test_only_runs_the_matching_rows_and_rejects_a_pattern_matching_none(tmp_path: Path) -> None:
+    setup = _setup(train_size=128, test_size=32, batch_size=32, eval_batch_size=32)
+    setup = dataclasses.replace(setup, bases={"std": dataclasses.replace(setup.bases["std"], train_size=128)})
+    first = _row()
+    second = dataclasses.replace(first, seed=1, params=dataclasses.replace(first.params, seed=1))
+    plan = papers.Plan("009", "tiny", setup, (first, second), {}, (papers.TableSpec("t", "tiny table"),), ())
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="matches no row"):
+        runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, only=["009/nothing*"], log=lambda s: None)
+    assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, only=["*/seed1"],
+                           log=lambda s: None) == 1
+    done = [json.loads(line)["key"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert done == [second.key]
+    # the pattern matches a finished row only: nothing to run, no error
+    assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, only=["*/seed1"],
+                           log=lambda s: None) == 0
+    assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 1
