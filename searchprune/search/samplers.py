@@ -15,7 +15,8 @@ import optuna
 from .._registry import Registry
 from ..errors import ConfigError
 
-__all__ = ["SamplerFactory", "SAMPLERS", "register_sampler", "list_samplers", "make_sampler", "run_seed"]
+__all__ = ["SamplerFactory", "SAMPLERS", "register_sampler", "list_samplers", "make_sampler", "run_seed",
+           "make_run_sampler"]
 
 SamplerFactory = Callable[[int | None, dict[str, Any]], optuna.samplers.BaseSampler]
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
@@ -40,19 +41,54 @@ def make_sampler(name: str, *, seed: int | None,
     return SAMPLERS.get(name)(seed, dict(options or {}))
 
 
-def run_seed(seed: int | None, *, worker: int, n_trials: int) -> int | None:
+def run_seed(seed: int | None, *, worker: int, n_trials: int, rank: int = 0) -> int | None:
     """The sampler seed of one worker in one ``study optimize`` run.
 
     Derived from the study seed, the worker index and the number of trials already in storage (any
     state), mixed by :class:`numpy.random.SeedSequence`: parallel workers of one run differ by their
     index, and a resumed run differs from the previous one because the study holds more trials, so
-    neither re-proposes the points an earlier sampler drew. A run that starts from the same history
-    with the same worker index gets the same seed, so it proposes the same points (reproducible).
-    ``seed=None`` stays None (an unseeded sampler).
+    neither re-proposes the points an earlier sampler drew. ``rank`` separates independent processes
+    that opened the study at the same moment (see :func:`make_run_sampler`). A run that starts from
+    the same history with the same worker index gets the same seed, so it proposes the same points
+    (reproducible). ``seed=None`` stays None (an unseeded sampler).
     """
     if seed is None:
         return None
-    return int(np.random.SeedSequence([seed, worker, n_trials]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, worker, n_trials, *([rank] if rank else [])]).generate_state(1)[0])
+
+
+def make_run_sampler(name: str, *, seed: int | None, options: Mapping[str, Any] | None, worker: int,
+                     n_trials: int, first_free: int) -> optuna.samplers.BaseSampler:
+    """The sampler of one run: ``make_sampler`` seeded by :func:`run_seed`, re-seeded at its first
+    trial if another process overtook this one.
+
+    Independent ``study optimize`` processes that open the study at the same moment (cluster workers
+    launched together, each ``--workers 1``) see the same history and worker index, so :func:`run_seed`
+    alone gives them one seed and the same proposals. The storage hands each process its own first
+    trial, though: a process whose first trial is not ``first_free`` (the trial that was first free
+    when it opened the study: the lowest waiting one, else the next new number) was overtaken by
+    another, and rebuilds its sampler in place (same class, so ``study.sampler`` stays what the study
+    names) with how far it was overtaken (``rank``) mixed into the seed. A lone run is never
+    overtaken: its seed stays the one of its history. The seed in use is ``sampler.run_seed``.
+    """
+    opts = dict(options or {})
+    sampler = make_sampler(name, seed=run_seed(seed, worker=worker, n_trials=n_trials), options=opts)
+    sampler.run_seed = run_seed(seed, worker=worker, n_trials=n_trials)  # type: ignore[attr-defined]
+    if seed is None:
+        return sampler
+    own_before_trial = type(sampler).before_trial
+
+    def before_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        del sampler.before_trial  # once, at the run's first trial: back to the class's method
+        rank = trial.number - first_free
+        if rank > 0:
+            moved = run_seed(seed, worker=worker, n_trials=n_trials, rank=rank)
+            sampler.__dict__.update(make_sampler(name, seed=moved, options=opts).__dict__)
+            sampler.run_seed = moved  # type: ignore[attr-defined]
+        own_before_trial(sampler, study, trial)
+
+    sampler.before_trial = before_trial  # type: ignore[method-assign]
+    return sampler
 
 
 @register_sampler("tpe")

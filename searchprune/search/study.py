@@ -26,7 +26,7 @@ from ..train import list_recipes
 from .baselines import baseline_trials
 from .objective import base_checkpoint_path
 from .pruner import from_config
-from .samplers import SAMPLERS, make_sampler, run_seed
+from .samplers import SAMPLERS, make_run_sampler, make_sampler
 from .space import combinations, strip_tag, trial_params_from_flat, validate_space
 from .storage import default_storage_url, make_storage, mask_url
 from .warm_start import WARM_START_ATTR, warm_start_trials
@@ -229,8 +229,10 @@ def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Stud
     """Opens an existing study and its stored config.
 
     The sampler is seeded by :func:`~searchprune.search.samplers.run_seed` from the study seed,
-    ``worker`` and the number of trials already stored: parallel workers and resumed runs propose
-    new points, and the same history gives the same proposals.
+    ``worker`` and the number of trials already stored (:func:`~searchprune.search.samplers.make_run_sampler`
+    also separates processes that open the study at the same moment): parallel workers, resumed runs
+    and independent workers on one storage propose new points, and the same history gives the same
+    proposals.
     """
     store = make_storage(storage, create=False)
     names = optuna.get_all_study_names(store)
@@ -239,6 +241,8 @@ def load_study(name: str, storage: str, *, worker: int = 0) -> tuple[optuna.Stud
                           f"studies there: {', '.join(names) or '(none)'}")
     plain = optuna.load_study(study_name=name, storage=store)
     cfg = stored_config(plain)
-    seed = run_seed(cfg.sampler.seed, worker=worker, n_trials=len(plain.get_trials(deepcopy=False)))
-    sampler = make_sampler(cfg.sampler.name, seed=seed, options=cfg.sampler.options)
+    trials = plain.get_trials(deepcopy=False)
+    waiting = [t.number for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    sampler = make_run_sampler(cfg.sampler.name, seed=cfg.sampler.seed, options=cfg.sampler.options, worker=worker,
+                               n_trials=len(trials), first_free=min(waiting) if waiting else len(trials))
     return optuna.load_study(study_name=name, storage=store, sampler=sampler), cfg

@@ -91,6 +91,32 @@ def test_same_history_gives_the_same_proposals(tmp_path, base):
     assert runs[0] == runs[1] and len(set(runs[0])) == 4
 
 
+def test_processes_opening_the_study_together_propose_distinct_points(tmp_path):
+    """Cluster workers launched at once (each its own ``study optimize --workers 1``) see one history
+    and one worker index; the trial each process gets first separates their seeds."""
+    from searchprune.search.samplers import SAMPLERS, make_run_sampler
+
+    for sampler in ("random", "tpe"):
+        study = _journal_study(tmp_path, name=f"together_{sampler}")
+        study.enqueue_trial({"x": 0.5})  # a baseline waiting at number 0, as `study create` enqueues
+        trials = study.get_trials(deepcopy=False)
+        snapshot = dict(n_trials=len(trials), first_free=0, worker=0, options={})
+        procs = [optuna.load_study(study_name=study.study_name, storage=study._storage,
+                                   sampler=make_run_sampler(sampler, seed=11, **snapshot)) for _ in range(3)]
+        points = []
+        for _ in range(4):  # the processes take turns, as they would on a shared storage
+            for p in procs:
+                t = p.ask()
+                points.append(round(t.suggest_float("x", 0.0, 1.0), 12))
+                p.tell(t, 0.0)
+        assert points[0] == 0.5  # the first process ran the enqueued trial: rank 0
+        drawn = points[1:]
+        assert len(set(drawn)) == len(drawn), (sampler, points)
+        assert procs[0].sampler.run_seed == run_seed(11, worker=0, n_trials=1)  # a lone run's seed
+        assert len({p.sampler.run_seed for p in procs}) == 3
+        assert all(type(p.sampler) is type(SAMPLERS.get(sampler)(0, {})) for p in procs)  # still the study's kind
+
+
 # ---- slots, interrupts and orphans (storage-level, no training) ----------------------------------
 
 

@@ -94,8 +94,7 @@ def test_three_workers_one_killed_and_restarted(tmp_path, base, storage):
                 victim = left[0]
                 break
         assert victim is not None, "five kills all landed between trials"
-        # one restarted worker: two restarted at the same stored-trial count would share a sampler seed
-        # (samplers.run_seed) and propose the same points
+        # one restarted worker, as an operator would restart the killed one
         procs.append(_spawn(run.format(w=1), env))
         for p in procs:
             p.wait(timeout=300)

@@ -76,6 +76,27 @@ def test_two_workers_on_postgresql(tmp_path, base, postgres_url):
     _check_shared_study(_two_workers(tmp_path, base, postgres_url, "pg2"), 5)
 
 
+def test_independent_processes_started_together_repeat_no_point(tmp_path, base):
+    """Cluster workers: two separate ``study optimize`` runs (each one worker, index 0) opened on one
+    journal at the same moment draw from different seeds (samplers.make_run_sampler)."""
+    import multiprocessing
+
+    storage = str(tmp_path / "together.log")
+    cfg = tiny_study_config(tmp_path, base, name="together", n_trials=6, baselines=["dense"],
+                            sampler={"name": "random", "seed": 5})
+    create_study(cfg, storage=storage)
+    optimize("together", storage, n_trials=1, quiet=True, progress=False)  # trains the base once, runs the baseline
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=optimize, args=("together", storage),
+                         kwargs={"n_trials": 6, "quiet": True, "progress": False}) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    _check_shared_study(trials_of(storage, "together"), 6)
+
+
 def _heartbeats(db: Path) -> list[tuple[int, str]]:
     """(trial_id, heartbeat time) rows Optuna's RDB storage keeps for running trials."""
     with sqlite3.connect(db, timeout=30) as con:
