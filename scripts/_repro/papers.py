@@ -238,7 +238,7 @@ def plan_001(quick: bool, seeds: Sequence[int]) -> Plan:
                 continue
             c = _find(cells, *key)
             if c is None or ref.clean is None or ref.pgd is None:
-                out.append(Target(f"{key[2]} / {key[3]} within 2 pp of {ref.clean} / {ref.pgd}", None,
+                out.append(Target(f"standard base, {key[2]} / {key[3]} within 2 pp of {ref.clean} / {ref.pgd}", None,
                                   "not run yet"))
                 continue
             dc, dp = 100 * c.mean("clean_acc") - ref.clean, 100 * c.mean("pgd_acc") - ref.pgd
