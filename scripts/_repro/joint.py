@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from searchprune.config import StudyConfig, build, load_yaml, to_dict
+from searchprune.errors import ConfigError
 from searchprune.search import baseline_trials, build_context, create_study, load_study, optimize, prunable_layer_names
 from searchprune.search.baselines import list_baselines
 from searchprune.search.space import replay_params
@@ -74,7 +75,7 @@ def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command
     assert storage is not None
     try:
         load_study(cfg.name, storage)
-    except Exception:  # noqa: BLE001 - not created yet
+    except ConfigError:  # not created yet (a broken storage is not: its error goes to the user)
         create_study(cfg)
     study = optimize(cfg.name, storage, n_trials=cfg.n_trials, device=device, progress=False)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
