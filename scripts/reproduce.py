@@ -82,20 +82,29 @@ def main(argv: list[str] | None = None) -> int:
         set_cpu_threads(a.threads)
         out = a.out or default_out(a.paper, a.quick)
         bases = a.bases or Path("runs/repro") / ("bases-quick" if a.quick else "bases")
-        command = shlex.join(["python", "scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
+        this = shlex.join(["python", "scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
         out.mkdir(parents=True, exist_ok=True)
         if a.paper == "joint":
             from _repro.joint import run_joint  # Optuna is needed only by this mode
 
-            run_joint(out, quick=a.quick, seeds=a.seeds, device=a.device, command=command)
+            run_joint(out, quick=a.quick, seeds=a.seeds, device=a.device, command=this)
             return 0
         plan = make_plan(a.paper, quick=a.quick, seeds=range(a.seeds))
         machine = (f"{a.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, {torch.get_num_threads()} torch "
                    f"thread(s) of {os.cpu_count()} cores, torch {torch.__version__}")
-        if a.report_only and (out / "command.txt").exists():  # the report names the command that ran the rows
-            command = (out / "command.txt").read_text().strip()
-        else:
-            (out / "command.txt").write_text(command + "\n")
+        # the report names every command that ran rows into this directory (a full run is often done in
+        # parts, e.g. with --only), in the order they first ran; a command is recorded with its first row
+        ran = (out / "command.txt").read_text().splitlines() if (out / "command.txt").exists() else []
+
+        def commands() -> str:
+            return "\n".join(ran) or this
+
+        def on_row() -> None:
+            if this not in ran:
+                ran.append(this)
+                (out / "command.txt").write_text("\n".join(ran) + "\n")
+            write_report(plan, out, command=commands(), quick=a.quick, machine=machine)
+
         given = {}
         for item in a.base_checkpoint:
             name, sep, path = item.partition("=")
@@ -105,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             given[name] = Path(path)
         if not a.report_only:
             run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given, only=a.only,
-                     on_row=lambda: write_report(plan, out, command=command, quick=a.quick, machine=machine))
-        print(f"wrote {write_report(plan, out, command=command, quick=a.quick, machine=machine)}")
+                     on_row=on_row)
+        print(f"wrote {write_report(plan, out, command=commands(), quick=a.quick, machine=machine)}")
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

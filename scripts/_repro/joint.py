@@ -25,12 +25,12 @@ from searchprune.errors import ConfigError
 from searchprune.search import baseline_trials, build_context, create_study, load_study, optimize, prunable_layer_names
 from searchprune.search.baselines import list_baselines
 from searchprune.search.space import replay_params
-from searchprune.trial import run_trial
+from searchprune.trial import TrialContext, run_trial
 
 from .core import append_result, dominates, load_results
 from .papers import ROOT
 
-__all__ = ["joint_config", "run_joint", "RECIPES"]
+__all__ = ["joint_config", "run_joint", "replay_context", "replay_on_test", "write_joint_report", "RECIPES"]
 
 RECIPES = ("dense", "dense_aft", "shrinkbench", "gap", "adver_fine", "hydra", "mrpf", "in_train")
 
@@ -68,6 +68,15 @@ def _label(trial: optuna.trial.FrozenTrial, cfg: StudyConfig) -> str:
     return f"baseline #{trial.number}"
 
 
+def replay_context(cfg: StudyConfig, *, device: str | None = None) -> TrialContext:
+    """The search's trial context with its evaluation split swapped for the held-out test split, every
+    test image measured (the statistics cache keys transfer examples by their data, so none crafted on
+    validation images is reused)."""
+    ctx = build_context(cfg, device=device, progress=False)
+    return dataclasses.replace(ctx, splits=dataclasses.replace(ctx.splits, val=ctx.splits.test),
+                               eval=dataclasses.replace(ctx.eval, n_eval=None))
+
+
 def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command: str) -> Path:
     """Creates (or resumes) the study, optimizes it, replays front + recipes on test, writes REPORT.md."""
     cfg, missing = joint_config(out, quick=quick)
@@ -78,13 +87,18 @@ def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command
     except ConfigError:  # not created yet (a broken storage is not: its error goes to the user)
         create_study(cfg)
     study = optimize(cfg.name, storage, n_trials=cfg.n_trials, device=device, progress=False)
+    n_done = replay_on_test(cfg, study, out, device=device)
+    return write_joint_report(out, cfg, missing, n_done=n_done, command=command, quick=quick, seeds=seeds)
+
+
+def replay_on_test(cfg: StudyConfig, study: optuna.Study, out: Path, *, device: str | None = None) -> int:
+    """Replays every baseline and every trial of the feasible validation front (same params and seed,
+    through ``run_trial``) on the held-out test images, appending each to ``out/results.jsonl`` as it
+    finishes (a rerun skips the replayed ones). Returns the number of COMPLETE trials of the study."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     front = {t.number for t in study.best_trials}
     picks = [t for t in done if t.user_attrs.get("baseline") or t.number in front]
-    # replay on test: the search's context with its evaluation split swapped for the test split
-    ctx = build_context(cfg, device=device, progress=False)
-    ctx = dataclasses.replace(ctx, splits=dataclasses.replace(ctx.splits, val=ctx.splits.test), _transfer=None,
-                              eval=dataclasses.replace(ctx.eval, n_eval=None))
+    ctx = replay_context(cfg, device=device)
     layers = prunable_layer_names(cfg, ctx)
     results = out / "results.jsonl"
     have = load_results(results)
@@ -103,7 +117,7 @@ def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command
             "seconds": time.perf_counter() - t0,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
         print(f"replayed trial {t.number} on test: clean {r.clean_acc:.4f} PGD {r.robust_acc:.4f}", flush=True)
-    return write_joint_report(out, cfg, missing, n_done=len(done), command=command, quick=quick, seeds=seeds)
+    return len(done)
 
 
 def _pt(m: Mapping[str, Any]) -> dict[str, float]:

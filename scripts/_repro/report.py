@@ -34,8 +34,10 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: st
     status = "complete" if n_done == len(plan.rows) else f"**partial: {n_done} of {len(plan.rows)} rows finished**"
     last = max((r.get("finished", "") for r in records), default="")
     seconds = sum(float(r.get("seconds", 0.0)) for r in records)
-    lines = [f"## Seed {plan.paper}: {plan.title}", "",
-             f"Command: `{command}`", "",
+    commands = command.splitlines() or [command]
+    head = ([f"Command: `{commands[0]}`"] if len(commands) == 1 else
+            ["Commands (each ran some of the rows, in this order):", "", *(f"- `{c}`" for c in commands)])
+    lines = [f"## Seed {plan.paper}: {plan.title}", "", *head, "",
              f"Mode: {'**--quick** (CPU-sized, see notes)' if quick else 'full'}; {status}; "
              f"{seconds / 60:.0f} min of rows; last row {last or '-'}." + (f" Machine: {machine}." if machine else ""),
              ""]

@@ -256,3 +256,28 @@ def test_only_runs_the_matching_rows_and_rejects_a_pattern_matching_none(tmp_pat
     assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, only=["*/seed1"],
                            log=lambda s: None) == 0
     assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 1
+
+
+def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) -> None:
+    """The joint mode's post-search path on a tiny study: every baseline and validation-front trial is
+    replayed on the test split (all its images), resumably, and the report decides dominance there."""
+    from _tiny import tiny_study_config
+
+    from searchprune.search import create_study, optimize
+
+    cfg = tiny_study_config(tmp_path, tmp_path / "base.pt", name="joint_tiny", n_trials=3, baselines=["dense"],
+                            storage=f"sqlite:///{tmp_path / 'j.db'}")
+    create_study(cfg)
+    assert cfg.storage is not None
+    study = optimize(cfg.name, cfg.storage, n_trials=3, quiet=True, progress=False)
+    out = tmp_path / "joint"
+    out.mkdir()
+    assert joint.replay_on_test(cfg, study, out) == 3
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    front = {t.number for t in study.best_trials}
+    assert {r["trial"] for r in recs} == front | {0}  # trial 0 is the enqueued baseline
+    assert all(r["metrics"]["n_eval"] == cfg.data.test_size for r in recs)  # test images, every one
+    assert joint.replay_on_test(cfg, study, out) == 3
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(recs)  # nothing replayed twice
+    md = joint.write_joint_report(out, cfg, [], n_done=3, command="cmd", quick=True, seeds=1).read_text()
+    assert "recipes on test images" in md and "| 0 | dense |" in md
