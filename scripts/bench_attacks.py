@@ -79,6 +79,7 @@ def plain_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         loss = F.cross_entropy(model(x_adv), y)
         model.zero_grad()
         loss.backward()
+        assert x_adv.grad is not None
         x_adv = x_adv.detach() + alpha * x_adv.grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     return x_adv.detach()

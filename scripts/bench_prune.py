@@ -34,6 +34,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from searchprune.models import create_model
 from searchprune.models.macs import count_macs, layer_costs
 from searchprune.prune import prune_
 
-MODELS = {  # name -> (input shape (C, H, W), create_model kwargs)
+MODELS: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {  # name -> (input (C, H, W), create_model kwargs)
     "cnn8": ((1, 28, 28), {"in_channels": 1, "image_size": (28, 28)}),
     "resnet20": ((3, 32, 32), {"in_channels": 3, "image_size": (32, 32)}),
 }
@@ -62,7 +63,7 @@ def _randomized_bn_(model: nn.Module) -> nn.Module:
     """Trained-looking BatchNorm statistics (fresh ones are the identity): folding must do real work."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     return model.eval()
@@ -140,7 +141,7 @@ def layer_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, fl
 
 
 def bench_model(name: str, sparsities: list[float], *, repeats: int, batch: int, round_tos: list[int],
-                log: Callable[[str], None] = print) -> list[dict]:
+                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One row per network: MACs, MAC ratio, and per form (raw, deploy) ms, speedup and speedup / MAC ratio."""
     shape, _ = MODELS[name]
     nets = networks(name, sparsities, round_tos)
@@ -164,14 +165,14 @@ def bench_model(name: str, sparsities: list[float], *, repeats: int, batch: int,
     med = {(forms[j][0], forms[j][1]): statistics.median(times[j]) * 1e3 for j in range(len(forms))}
     rows = []
     for i, (label, _) in enumerate(nets):
-        row: dict = {"model": name, "label": label, "macs": macs[i], "mac_ratio": macs[0] / macs[i],
+        row: dict[str, Any] = {"model": name, "label": label, "macs": macs[i], "mac_ratio": macs[0] / macs[i],
                      "act_ratio": acts[0] / acts[i], "block_ratio": blocked[0] / blocked[i]}
         for form in ("raw", "deploy"):
             row[f"{form}_ms"] = med[(i, form)]
             row[f"{form}_speedup"] = med[(0, form)] / med[(i, form)]
             row[f"{form}_eff"] = row[f"{form}_speedup"] / row["mac_ratio"]
         dep = next(m for k, f, m in forms if k == i and f == "deploy")
-        row["channels_last"] = dep.deploy_info.channels_last
+        row["channels_last"] = getattr(dep, "deploy_info").channels_last  # set by deployable()
         row["deploy_block_eff"] = row["deploy_speedup"] / row["block_ratio"]
         row["deploy_vs_raw"] = med[(i, "raw")] / med[(i, "deploy")]
         rows.append(row)

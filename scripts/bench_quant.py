@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from searchprune.config import QuantConfig
-from searchprune.data import ArrayDataset, BatchLoader, load_dataset, make_synthetic
+from searchprune.data import ArrayDataset, BatchLoader, DatasetInfo, load_dataset, make_synthetic
 from searchprune.errors import ConfigError
 from searchprune.models import create_model
 from searchprune.quantize import quantize_, to_int8
@@ -37,7 +37,7 @@ MODELS = {  # name -> (preferred dataset, fallback input shape)
 }
 
 
-def _data(arch: str) -> tuple[ArrayDataset, ArrayDataset, object]:
+def _data(arch: str) -> tuple[ArrayDataset, ArrayDataset, DatasetInfo]:
     name, shape = MODELS[arch]
     try:
         return load_dataset(name)

@@ -14,6 +14,7 @@ command -v chromium >/dev/null || apt_install chromium || echo "[test] Chromium 
 echo "[test] ruff, mypy and the import contracts (pyproject.toml [tool.importlinter])"
 ruff check .
 mypy searchprune
+mypy scripts/*.py  # the benchmark and reproduction scripts (and scripts/_repro through them)
 lint-imports
 
 set +e
