@@ -37,7 +37,7 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: st
     commands = command.splitlines() or [command]
     head = ([f"Command: `{commands[0]}`"] if len(commands) == 1 else
             ["Commands (each ran some of the rows, in this order):", "", *(f"- `{c}`" for c in commands)])
-    lines = [f"## Seed {plan.paper}: {plan.title}", "", *head, "",
+    lines = [f"## Seed {plan.paper}{'' if quick else ' (full settings)'}: {plan.title}", "", *head, "",
              f"Mode: {'**--quick** (CPU-sized, see notes)' if quick else 'full'}; {status}; "
              f"{seconds / 60:.0f} min of rows; last row {last or '-'}." + (f" Machine: {machine}." if machine else ""),
              ""]
