@@ -108,7 +108,7 @@ def test_processes_opening_the_study_together_propose_distinct_points(tmp_path):
             for p in procs:
                 t = p.ask()
                 points.append(round(t.suggest_float("x", 0.0, 1.0), 12))
-                p.tell(t, 0.0)
+                p.tell(t, [0.5, 0.5, 1.0])
         assert points[0] == 0.5  # the first process ran the enqueued trial: rank 0
         drawn = points[1:]
         assert len(set(drawn)) == len(drawn), (sampler, points)
