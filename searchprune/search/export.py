@@ -31,6 +31,7 @@ clean or PGD accuracy differ beyond noise; then it measures the test split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -41,7 +42,7 @@ import platform
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,8 @@ def _write_plain(model: torch.nn.Module, example: torch.Tensor, out: Path) -> di
     model = model.eval()
     try:
         ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))  # any batch
-        torch.export.save(ep, out / "model_plain.pt2")
+        with _quiet_archive():
+            torch.export.save(ep, out / "model_plain.pt2")
         written["torch_export"] = "model_plain.pt2"
     except Exception as e:  # noqa: BLE001 - fall back to TorchScript for untraceable models
         warnings.warn(f"torch.export failed ({type(e).__name__}: {e}); writing TorchScript instead", stacklevel=2)
@@ -334,12 +336,19 @@ def _same_outputs(model: torch.nn.Module, other: torch.nn.Module, x: torch.Tenso
     return {"equal": equal, "max_abs_diff": diff, "agreement": agreement, "n_checked": len(x)}
 
 
+@contextlib.contextmanager
+def _quiet_archive() -> Iterator[None]:
+    """torch's pt2 archive code warns about the weight groups of a CPU program as it saves and loads
+    it ("No complete tensor found in the group"): nothing the user did or can act on, and the round
+    trip is checked after loading."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        yield
+
+
 def _load_plain(out: Path, written: Mapping[str, str]) -> torch.nn.Module:
     if "torch_export" in written:
-        # torch's archive reader warns about weight groups of a CPU-saved program ("No complete tensor
-        # found in the group"): nothing the user did or can act on; the round trip is checked after this
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        with _quiet_archive():
             return torch.export.load(str(out / written["torch_export"])).module()
     return torch.jit.load(str(out / written["torchscript"]))
 

@@ -104,3 +104,31 @@ def test_model_card_shows_certified_numbers_when_stored():
     assert "eps 0.0314 (= 8/255)" in card
     assert re.search(r"\| MACs \| not measured", card)  # nothing made up
     assert "torch.rand(1, 3, 32, 32)" in card
+
+
+def test_the_plain_file_round_trip_prints_no_torch_archive_warning(tmp_path):
+    """Buffers that are views of one storage make torch's pt2 archive warn as it saves and loads
+    ("No complete tensor found in the group"); the export's round trip keeps that off the user's screen."""
+    import warnings
+
+    from searchprune.search.export import _load_plain, _write_plain
+
+    class Views(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            base = torch.randn(20)
+            self.register_buffer("a", base[2:12])
+            self.register_buffer("b", base[5:15])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.a.sum() + self.b.sum()
+
+    model = Views().eval()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        written = _write_plain(model, torch.randn(3, 4), tmp_path)
+        plain = _load_plain(tmp_path, written)
+    assert written.get("torch_export") == "model_plain.pt2"
+    assert not [w for w in seen if "No complete tensor" in str(w.message)]
+    x = torch.randn(2, 4)
+    assert torch.allclose(plain(x), model(x))  # the same function, loaded back
