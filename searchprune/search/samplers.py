@@ -72,8 +72,9 @@ def make_run_sampler(name: str, *, seed: int | None, options: Mapping[str, Any] 
     overtaken: its seed stays the one of its history. The seed in use is ``sampler.run_seed``.
     """
     opts = dict(options or {})
-    sampler = make_sampler(name, seed=run_seed(seed, worker=worker, n_trials=n_trials), options=opts)
-    sampler.run_seed = run_seed(seed, worker=worker, n_trials=n_trials)  # type: ignore[attr-defined]
+    lone = run_seed(seed, worker=worker, n_trials=n_trials)
+    sampler = make_sampler(name, seed=lone, options=opts)
+    sampler.run_seed = lone  # type: ignore[attr-defined]
     if seed is None:
         return sampler
     own_before_trial = type(sampler).before_trial
