@@ -29,6 +29,7 @@ from searchprune.data import make_splits
 from searchprune.errors import ConfigError
 from searchprune.models.macs import count_dense_macs, count_macs
 from searchprune.prune import keep_fraction_from_compression, prunable_layers, prune_, weight_param
+from searchprune.prune.allocation.mrs import MRS_DEFAULTS
 from searchprune.train import train_base_model
 from searchprune.trial import TrialContext, run_trial
 
@@ -139,7 +140,7 @@ def resolve_row(row: Row, ctx: TrialContext, match: float | None) -> Row:
     if match is None:
         return row
     p = row.params.prune
-    keep = ("eps_w", "passes", "n_batches", "mrs_lr", "r_max") if p.allocation == "mrs" else ()
+    keep = tuple(MRS_DEFAULTS) if p.allocation == "mrs" else ()
     probe = p if p.method in ("lamp", "l1_filter") else dataclasses.replace(p, method="magnitude", options={
         k: v for k, v in p.options.items() if k in (*keep, "round_to")})
     s = match_mac_ratio(lambda s: mac_ratio(ctx, dataclasses.replace(probe, sparsity=s), seed=0), match)

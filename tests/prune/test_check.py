@@ -105,6 +105,9 @@ def test_allocation_options_are_checked_and_accepted() -> None:
     assert "prune.options.r_max" in msg and "'mrs'" in msg and "1.5" in msg
     msg = _error(PruneConfig(method="magnitude", allocation="mrs", sparsity=0.97, options={"r_max": 0.95}))
     assert "prune.sparsity" in msg and "0.97" in msg
+    check_config(PruneConfig(method="magnitude", allocation="mrs", sparsity=0.5, options={"mrs_map": "linear"}))
+    msg = _error(PruneConfig(method="magnitude", allocation="mrs", options={"mrs_map": "log"}))
+    assert "prune.options.mrs_map" in msg and "'log'" in msg and "inverse, linear" in msg
     msg = _error(PruneConfig(method="magnitude", options={"r_max": 0.9}))  # not an option without mrs
     assert "prune.options.r_max" in msg and "unknown" in msg
 

@@ -139,3 +139,26 @@ def test_ratios_for_needs_data() -> None:
     ctx.loader = None
     with pytest.raises(ConfigError, match="loader"):
         mrs_ratios_for(ctx)
+
+
+def test_linear_map_falls_with_mrs_in_proportion_and_meets_the_target() -> None:
+    mrs = {"a": 1.0, "b": 2.0, "c": 4.0}
+    sizes = {"a": 10, "b": 10, "c": 10}
+    r = mrs_ratios(mrs, sizes, 0.3, mapping="linear")
+    # f = 1 - m / 4 -> 0.75, 0.5, 0: the most sensitive layer keeps everything
+    assert r["c"] == pytest.approx(0.0, abs=1e-9)
+    assert r["a"] == pytest.approx(1.5 * r["b"])
+    assert sum(r.values()) / 3 == pytest.approx(0.3)
+    inverse = mrs_ratios(mrs, sizes, 0.3)
+    assert inverse["c"] > 0  # the inverse map prunes every layer
+    # equal sensitivities: both maps give the uniform ratio
+    flat = {"a": 2.0, "b": 2.0}
+    assert mrs_ratios(flat, {"a": 3, "b": 5}, 0.4, mapping="linear") == pytest.approx({"a": 0.4, "b": 0.4})
+
+
+def test_linear_map_prunes_the_most_sensitive_layer_only_when_the_rest_are_capped() -> None:
+    r = mrs_ratios({"a": 1.0, "b": 2.0}, {"a": 10, "b": 10}, 0.9, r_max=0.95, mapping="linear")
+    assert r["a"] == pytest.approx(0.95)
+    assert r["b"] == pytest.approx(0.85)
+    with pytest.raises(ConfigError, match="mrs_map"):
+        mrs_ratios({"a": 1.0}, {"a": 5}, 0.5, mapping="log")

@@ -281,3 +281,22 @@ def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) ->
     assert len((out / "results.jsonl").read_text().splitlines()) == len(recs)  # nothing replayed twice
     md = joint.write_joint_report(out, cfg, [], n_done=3, command="cmd", quick=True, seeds=1).read_text()
     assert "recipes on test images" in md and "| 0 | dense |" in md
+
+
+def test_plan_004_pairs_both_mrs_maps_with_uniform_and_matches_macs_with_the_map(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = papers.make_plan("004", quick=True, seeds=[0])
+    by_method = {r.method: r for r in plan.rows}
+    for crit in papers.MRPF_CRITERIA:
+        inv, lin, uni = (by_method[f"{crit} {label} @0.5"] for label in ("MRS", "MRS-lin", "uniform"))
+        assert inv.params.prune.allocation == lin.params.prune.allocation == "mrs"
+        assert lin.params.prune.options["mrs_map"] == "linear" and "mrs_map" not in inv.params.prune.options
+        assert uni.params.prune.allocation == "uniform"
+    # the MAC-matching probe prunes with the row's own map (else MRS-lin rows would get MRS's sparsity)
+    seen: list[PruneConfig] = []
+    monkeypatch.setattr(runner, "mac_ratio", lambda ctx, cfg, seed=0: seen.append(cfg) or (1 - cfg.sparsity))
+    lin = by_method["taylor MRS-lin @0.5"]
+    resolved = runner.resolve_row(lin, None, 0.5)  # type: ignore[arg-type]
+    assert seen and all(c.options.get("mrs_map") == "linear" and c.method == "magnitude" for c in seen)
+    assert resolved.params.prune.sparsity == pytest.approx(0.5, abs=0.01)
+    assert resolved.params.prune.options == lin.params.prune.options

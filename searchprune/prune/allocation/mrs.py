@@ -13,15 +13,19 @@ gradient ascent (SGD, lr 1, on -CE) w.r.t. ``W_l`` alone, projecting ``dW_l`` ba
 relative-norm ball after every step; the loss over the whole adversarial set is measured after
 each pass and the largest value seen counts.
 
-The ratios (D.3) are ``r_l = c / MRS_l`` clipped to ``[0, r_max]``, with ``c`` chosen so that the
+The ratios (D.3) are ``r_l = c * f(MRS_l)`` clipped to ``[0, r_max]``, with ``c`` chosen so that the
 size-weighted mean of ``r_l`` is exactly the target sparsity (clipping and renormalization are
-iterated until nothing new clips).
+iterated until nothing new clips). ``f`` is the option ``mrs_map``: ``inverse`` (the default,
+``f = 1 / MRS``) or ``linear`` (D.3's alternative, ``f = 1 - MRS / max MRS``: the most sensitive
+layer is pruned last, and ratios fall in proportion to sensitivity rather than to its reciprocal,
+so one insensitive layer does not take nearly all of the pruning).
 
 Public names:
     MRSAllocation: the ``mrs`` allocation (options ``eps_w``, ``passes``, ``n_batches``, ``mrs_lr``,
-        ``r_max``, checked by its ``check``).
+        ``r_max``, ``mrs_map``, checked by its ``check``).
     mrs_scores: the sensitivities of a set of layers.
     mrs_ratios: sensitivities -> per-layer pruning ratios meeting a global target.
+    MRS_MAPS: the names of the sensitivity -> preference maps (``mrs_map``).
     mrs_ratios_for: what the ``mrs`` allocation calls, cached per base model and scoring data (prune/cache.py).
 """
 
@@ -41,16 +45,18 @@ from ...config import ThreatModel
 from ...errors import ConfigError
 from ..context import PruneContext
 from ..masks import weight_param
-from ..options import number, positive_int
+from ..options import number, one_of, positive_int
 from ._base import register_allocation
 from .per_layer import RatioAllocation
 
-__all__ = ["MRSAllocation", "mrs_scores", "mrs_ratios", "mrs_ratios_for", "MRS_DEFAULTS"]
+__all__ = ["MRSAllocation", "mrs_scores", "mrs_ratios", "mrs_ratios_for", "MRS_DEFAULTS", "MRS_MAPS"]
 
 # Defaults of the estimator's options (PruneConfig.options keys). RiFT's MRC uses eps_w = 0.1 and
 # two to ten passes over its whole adversarial set; a few batches and passes rank layers the same
 # way on small models at a fraction of the cost.
-MRS_DEFAULTS: dict[str, Any] = {"eps_w": 0.1, "passes": 3, "n_batches": 4, "mrs_lr": 1.0, "r_max": 0.95}
+MRS_DEFAULTS: dict[str, Any] = {"eps_w": 0.1, "passes": 3, "n_batches": 4, "mrs_lr": 1.0, "r_max": 0.95,
+                                "mrs_map": "inverse"}
+MRS_MAPS = ("inverse", "linear")
 
 @contextmanager
 def _only_grad_for(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
@@ -166,14 +172,18 @@ def mrs_ratios(
     target: float,
     *,
     r_max: float = 0.95,
+    mapping: str = "inverse",
     min_mrs: float = 1e-12,
 ) -> dict[str, float]:
-    """Per-layer pruning ratios inversely proportional to MRS, meeting a global target exactly.
+    """Per-layer pruning ratios that fall as MRS rises, meeting a global target exactly.
 
-    ``r_l = c / MRS_l``, with layers that would exceed ``r_max`` clipped to it and ``c`` re-solved
+    ``r_l = c * f(MRS_l)``, with layers that would exceed ``r_max`` clipped to it and ``c`` re-solved
     over the remaining layers until none clips, so that
     ``sum_l sizes_l * r_l == target * sum_l sizes_l`` (to float precision). More sensitive layers
-    are pruned less; equal MRS gives equal ratios.
+    are pruned less; equal MRS gives equal ratios. ``f(m) = 1 / m`` (``mapping="inverse"``) or
+    ``f(m) = 1 - m / max_j m_j`` (``"linear"``); a preference below ``min_mrs`` counts as ``min_mrs``,
+    so a layer with none (the most sensitive one under ``linear``) is pruned only when every other
+    layer is at the cap.
 
     Args:
         mrs: layer name -> sensitivity (values below ``min_mrs`` count as ``min_mrs``: an insensitive
@@ -182,14 +192,17 @@ def mrs_ratios(
             pruning, output channels), same keys as ``mrs``.
         target: the size-weighted mean pruning ratio to meet, in [0, r_max].
         r_max: the cap on any one layer's ratio.
+        mapping: ``"inverse"`` or ``"linear"`` (:data:`MRS_MAPS`).
 
     Returns:
         Layer name -> fraction of that layer pruned.
 
     Raises:
         ConfigError: the target is outside [0, r_max] (not reachable with every layer capped), or
-            the two mappings disagree.
+            the two mappings disagree, or ``mapping`` is unknown.
     """
+    if mapping not in MRS_MAPS:
+        raise ConfigError(f"prune.options.mrs_map: expected one of: {', '.join(MRS_MAPS)}, got {mapping!r}")
     if set(mrs) != set(sizes):
         raise ConfigError(f"mrs and sizes name different layers: {sorted(set(mrs) ^ set(sizes))}")
     if not 0 < r_max <= 1:
@@ -201,7 +214,12 @@ def mrs_ratios(
     if any(sizes[n] <= 0 for n in names):
         raise ConfigError(f"expected positive layer sizes, got {dict(sizes)}")
     total = float(sum(sizes[n] for n in names))
-    inv = {n: 1.0 / max(float(mrs[n]), min_mrs) for n in names}
+    m = {n: max(float(mrs[n]), min_mrs) for n in names}
+    if mapping == "inverse":
+        inv = {n: 1.0 / m[n] for n in names}
+    else:  # linear: 1 - MRS / max MRS
+        top = max(m.values())
+        inv = {n: max(1.0 - m[n] / top, min_mrs) for n in names}
     capped: set[str] = set()
     ratios: dict[str, float] = {}
     while True:
@@ -236,7 +254,7 @@ def mrs_ratios_for(ctx: Any) -> dict[str, float]:
 
     Reads from the prune context: ``model``, ``layers`` (name -> module), ``cfg`` (its
     ``sparsity``, ``granularity`` and the options ``eps_w``, ``passes``, ``n_batches``,
-    ``mrs_lr``, ``r_max``), ``loader``, ``threat`` and ``cache`` (a
+    ``mrs_lr``, ``r_max``, ``mrs_map``), ``loader``, ``threat`` and ``cache`` (a
     :class:`searchprune.prune.cache.StatCache` or None). With a cache the scores are computed once per
     model state, scoring data, layers, threat model and estimator options.
 
@@ -271,7 +289,7 @@ def mrs_ratios_for(ctx: Any) -> dict[str, float]:
                  "layers": sorted(layers), "threat": repr(ctx.threat), "options": est_opts}
         scores = cache.compute("mrs", parts, estimate)
     sizes = {n: _layer_size(m, cfg.granularity) for n, m in layers.items()}
-    return mrs_ratios(scores, sizes, target, r_max=float(opts["r_max"]))
+    return mrs_ratios(scores, sizes, target, r_max=float(opts["r_max"]), mapping=str(opts["mrs_map"]))
 
 
 def _target_sparsity(ctx: Any) -> float:
@@ -294,7 +312,7 @@ class MRSAllocation(RatioAllocation):
     default_options = MRS_DEFAULTS
     option_checks = {"eps_w": number(low=0, low_open=True), "passes": positive_int(),
                      "n_batches": positive_int(), "mrs_lr": number(low=0, low_open=True),
-                     "r_max": number(low=0, high=1, low_open=True)}
+                     "r_max": number(low=0, high=1, low_open=True), "mrs_map": one_of(*MRS_MAPS)}
     ratio_cap = ("r_max", float(MRS_DEFAULTS["r_max"]))
 
     @classmethod
