@@ -93,11 +93,15 @@ def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command
 
 def replay_on_test(cfg: StudyConfig, study: optuna.Study, out: Path, *, device: str | None = None) -> int:
     """Replays every baseline and every trial of the feasible validation front (same params and seed,
-    through ``run_trial``) on the held-out test images, appending each to ``out/results.jsonl`` as it
-    finishes (a rerun skips the replayed ones). Returns the number of COMPLETE trials of the study."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    through ``run_trial``, in full) on the held-out test images, appending each to ``out/results.jsonl``
+    as it finishes (a rerun skips the replayed ones). A baseline the search pruned (a study made before
+    baselines were exempt from MO-ASHA) is replayed too: the recipes are what the front is judged
+    against. Returns the number of COMPLETE trials of the study."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
     front = {t.number for t in study.best_trials}
-    picks = [t for t in done if t.user_attrs.get("baseline") or t.number in front]
+    picks = [t for t in trials if (t.user_attrs.get("baseline") and t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+             or (t.state == TrialState.COMPLETE and t.number in front)]
     ctx = replay_context(cfg, device=device)
     layers = prunable_layer_names(cfg, ctx)
     results = out / "results.jsonl"
@@ -111,13 +115,21 @@ def replay_on_test(cfg: StudyConfig, study: optuna.Study, out: Path, *, device: 
         r = run_trial(params, ctx)
         append_result(results, {
             "key": key, "trial": t.number, "label": _label(t, cfg), "baseline": bool(t.user_attrs.get("baseline")),
-            "val_front": t.number in front, "val": {"clean_acc": t.values[0], "pgd_acc": t.values[1],
-                                                     "macs": t.user_attrs.get("macs", t.values[2])},
+            "val_front": t.number in front, "pruned_in_search": t.state == TrialState.PRUNED,
+            "val": None if t.values is None else {"clean_acc": t.values[0], "pgd_acc": t.values[1],
+                                                  "macs": t.user_attrs.get("macs", t.values[2])},
             "metrics": r.metrics(), "flags": dict(r.flags), "params": to_dict(params),
             "seconds": time.perf_counter() - t0,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
         print(f"replayed trial {t.number} on test: clean {r.clean_acc:.4f} PGD {r.robust_acc:.4f}", flush=True)
     return len(done)
+
+
+def _val_pgd(r: Mapping[str, Any]) -> str:
+    """The search's validation PGD of a replayed trial, or why it has none."""
+    if r.get("val") is None:
+        return "pruned in search" if r.get("pruned_in_search") else "-"
+    return f"{100 * r['val']['pgd_acc']:.2f}"
 
 
 def _pt(m: Mapping[str, Any]) -> dict[str, float]:
@@ -154,7 +166,7 @@ def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n
         lines.append(f"| {r['trial']} | {r['label']} | {'yes' if r['val_front'] else '-'} | "
                      f"{'yes' if r['trial'] in front_ids else '-'} | {100 * r['metrics']['clean_acc']:.2f} | "
                      f"{100 * r['metrics']['pgd_acc']:.2f} | {r['metrics']['mac_ratio']:.0%} | "
-                     f"{100 * r['val']['pgd_acc']:.2f} | {', '.join(f'#{b}' for b in by) or '-'} |")
+                     f"{_val_pgd(r)} | {', '.join(f'#{b}' for b in by) or '-'} |")
     recipes = [r for r in recs if r["baseline"]]
     beaten = [r for r in recipes if any(dominates(test_pts[o["trial"]], test_pts[r["trial"]]) for o in searched)]
     lines += ["", f"Searched trials dominate {len(beaten)} of {len(recipes)} recipes on test images"

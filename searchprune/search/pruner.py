@@ -16,7 +16,9 @@ Per rung ``k`` a trial stores ``rung_<k>_<metric>`` for every metric it hands ov
 objectives, by default ``clean_acc``, ``robust_acc``, ``cost``), ``rung_<k>_epochs`` (fine-tuning
 epochs done), then ``rung_<k>_seen`` (trials ranked, itself included), ``rung_<k>_peers`` (their
 trial numbers, itself excluded) and ``rung_<k>_promoted``; a pruned trial also stores
-``pruned_reason`` and ends ``PRUNED`` (the samplers use pruned trials).
+``pruned_reason`` and ends ``PRUNED`` (the samplers use pruned trials). A baseline trial (user attr
+``baseline``, enqueued at study creation) is never pruned: it is the reference the front is judged
+against, so it runs in full and stores ``rung_<k>_kept_baseline`` where it would have been cut.
 
 Intended wiring (the trial core stays Optuna-free: it only calls a plain callback, and the
 exception the callback raises passes through it)::
@@ -338,8 +340,14 @@ class RungReporter:
         trial.set_user_attr(f"rung_{k}_peers", peers)
         trial.set_user_attr(f"rung_{k}_promoted", ok)
         reason = f"MO-ASHA rung {k} ({rungs[k]:g} epochs): {reason}"
+        # a baseline is the reference point the front is judged against: it runs in full whatever its rank
+        # (its rung records still rank the others)
+        kept = not ok and bool(trial.user_attrs.get("baseline"))
         if self.pruner.log is not None:
-            self.pruner.log(f"trial {trial.number} {'promoted' if ok else 'pruned'}: {reason}")
-        if not ok:
+            verdict = "kept (a baseline runs in full; would be pruned)" if kept else "promoted" if ok else "pruned"
+            self.pruner.log(f"trial {trial.number} {verdict}: {reason}")
+        if kept:
+            trial.set_user_attr(f"rung_{k}_kept_baseline", True)
+        elif not ok:
             trial.set_user_attr("pruned_reason", reason)
             raise optuna.TrialPruned(reason)

@@ -282,6 +282,27 @@ def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) ->
     md = joint.write_joint_report(out, cfg, [], n_done=3, command="cmd", quick=True, seeds=1).read_text()
     assert "recipes on test images" in md and "| 0 | dense |" in md
 
+    # a baseline the search pruned (studies made before baselines were exempt from MO-ASHA) is replayed too
+    import copy
+    from types import SimpleNamespace
+
+    import optuna
+
+    trials = copy.deepcopy(study.get_trials())
+    trials[0].state, trials[0].values = optuna.trial.TrialState.PRUNED, None
+    pruned_study = SimpleNamespace(get_trials=lambda deepcopy=False: trials,
+                                   best_trials=[t for t in study.best_trials if t.number != 0])
+    out2 = tmp_path / "joint2"
+    out2.mkdir()
+    assert joint.replay_on_test(cfg, pruned_study, out2) == 2  # type: ignore[arg-type]
+    recs2 = {r["trial"]: r for r in map(json.loads, (out2 / "results.jsonl").read_text().splitlines())}
+    assert 0 in recs2 and recs2[0]["pruned_in_search"] is True and recs2[0]["val"] is None
+    first = next(r for r in recs if r["trial"] == 0)["metrics"]
+    assert {k: v for k, v in recs2[0]["metrics"].items() if k != "time_s"} == {
+        k: v for k, v in first.items() if k != "time_s"}  # the same replay
+    md2 = joint.write_joint_report(out2, cfg, [], n_done=2, command="cmd", quick=True, seeds=1).read_text()
+    assert "| 0 | dense |" in md2 and "pruned in search" in md2
+
 
 def test_plan_004_pairs_both_mrs_maps_with_uniform_and_matches_macs_with_the_map(
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,6 +181,34 @@ def test_in_memory_study_prunes_the_expected_trials():
     assert [n for n, _ in rung_records(trials, 1, MOASHAConfig().objectives)] == [0, 1, 3, 5, 6]
 
 
+def test_a_baseline_is_never_pruned_but_still_ranks_the_others():
+    """The same enqueued trials as above, with trial 2 (pruned there at rung 0) a baseline: it runs in full
+    and records where it would have been cut; its rung records still count for trial 6's cut."""
+    logs: list[str] = []
+    pruner = MOASHAPruner(MOASHAConfig(min_epochs=1, eta=2, max_epochs=4), log=logs.append)
+    study = optuna.create_study(directions=list(DIRECTIONS))
+
+    def objective(trial):
+        q = trial.suggest_float("q", 0.0, 1.0)
+        on_rung = pruner.reporter(trial)
+        for k, r in enumerate(on_rung.rungs):
+            on_rung(k, r, _metrics(q, r))
+        m = _metrics(q, 4)
+        return m["clean_acc"], m["robust_acc"], m["cost"]
+
+    for q in (0.5, 0.6, 0.4, 0.9, 0.1, 0.7, 0.55):
+        study.enqueue_trial({"q": q}, user_attrs={"baseline": True} if q == 0.4 else None)
+    study.optimize(objective, n_trials=7)
+    trials = study.get_trials()
+    t2 = trials[2]
+    assert t2.state == TrialState.COMPLETE and "pruned_reason" not in t2.user_attrs
+    assert t2.user_attrs["rung_0_promoted"] is False and t2.user_attrs["rung_0_kept_baseline"] is True
+    assert "rung_1_clean_acc" in t2.user_attrs  # it went on fine-tuning and reported the next rung
+    assert any(line.startswith("trial 2 kept (a baseline runs in full") for line in logs)
+    assert trials[4].state == TrialState.PRUNED  # not a baseline: cut as before
+    assert 2 in trials[6].user_attrs["rung_1_peers"]  # the baseline's rung-1 record ranks later trials
+
+
 def test_reporter_rejects_bad_calls():
     study = optuna.create_study(directions=list(DIRECTIONS))
     trial = study.ask()
