@@ -171,6 +171,10 @@ def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n
     beaten = [r for r in recipes if any(dominates(test_pts[o["trial"]], test_pts[r["trial"]]) for o in searched)]
     lines += ["", f"Searched trials dominate {len(beaten)} of {len(recipes)} recipes on test images"
               + (f": {', '.join(r['label'] for r in beaten)}." if beaten else "."), ""]
+    if not searched:
+        lines += [f"**Undecided**: no searched trial finished on the validation front ({n_done} of {cfg.n_trials} "
+                  "trials finished in the search, recipes included), so nothing searched was there to dominate a "
+                  "recipe; the claim needs a longer search.", ""]
     png = _plot(recs, test_front, out / "joint.png")
     if png is not None:
         lines += [f"![joint front]({png.name})", ""]

@@ -302,6 +302,12 @@ def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) ->
         k: v for k, v in first.items() if k != "time_s"}  # the same replay
     md2 = joint.write_joint_report(out2, cfg, [], n_done=2, command="cmd", quick=True, seeds=1).read_text()
     assert "| 0 | dense |" in md2 and "pruned in search" in md2
+    # only recipes replayed (every searched trial pruned): the report says the claim is undecided
+    out3 = tmp_path / "joint3"
+    out3.mkdir()
+    (out3 / "results.jsonl").write_text(json.dumps(recs2[0]) + "\n")
+    md3 = joint.write_joint_report(out3, cfg, [], n_done=0, command="cmd", quick=True, seeds=1).read_text()
+    assert "**Undecided**" in md3 and "0 of 1 recipes" in md3
 
 
 def test_plan_004_pairs_both_mrs_maps_with_uniform_and_matches_macs_with_the_map(
