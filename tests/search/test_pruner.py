@@ -145,8 +145,12 @@ def _metrics(q: float, epochs: float) -> dict[str, float]:
             "cost": 100.0 * (1 - q), "images": 64.0}
 
 
-def test_in_memory_study_prunes_the_expected_trials():
-    pruner = MOASHAPruner(MOASHAConfig(min_epochs=1, eta=2, max_epochs=4), log=None)  # rungs (1, 2)
+QS = (0.5, 0.6, 0.4, 0.9, 0.1, 0.7, 0.55)
+
+
+def _enqueued_study(pruner: MOASHAPruner, baselines: tuple[float, ...] = ()) -> list:
+    """Runs the trials ``QS`` in order (rungs 1 and 2 of 4 epochs); those in ``baselines`` are enqueued
+    as baselines. Returns the finished trials."""
     study = optuna.create_study(directions=list(DIRECTIONS))
 
     def objective(trial):
@@ -157,13 +161,18 @@ def test_in_memory_study_prunes_the_expected_trials():
         m = _metrics(q, 4)
         return m["clean_acc"], m["robust_acc"], m["cost"]
 
+    for q in QS:
+        study.enqueue_trial({"q": q}, user_attrs={"baseline": True} if q in baselines else None)
+    study.optimize(objective, n_trials=len(QS))
+    return study.get_trials()
+
+
+def test_in_memory_study_prunes_the_expected_trials():
+    pruner = MOASHAPruner(MOASHAConfig(min_epochs=1, eta=2, max_epochs=4), log=None)  # rungs (1, 2)
     # by hand, eta 2 (grace: 2 trials): rung 0 ranks .5 .6 | .4 -> rank 3 of 3, top 2: pruned | .9 | .1 -> 5 of 5,
     # top 3: pruned | .7 -> 2 of 6 | .55 -> 4 of 7, top 4: promoted;
     # rung 1 (trials 0 1 3 5 6): .55 -> 4 of 5, top 3: pruned
-    for q in (0.5, 0.6, 0.4, 0.9, 0.1, 0.7, 0.55):
-        study.enqueue_trial({"q": q})
-    study.optimize(objective, n_trials=7)
-    trials = study.get_trials()
+    trials = _enqueued_study(pruner)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED,
                                          TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
                                          TrialState.PRUNED]
@@ -186,20 +195,7 @@ def test_a_baseline_is_never_pruned_but_still_ranks_the_others():
     and records where it would have been cut; its rung records still count for trial 6's cut."""
     logs: list[str] = []
     pruner = MOASHAPruner(MOASHAConfig(min_epochs=1, eta=2, max_epochs=4), log=logs.append)
-    study = optuna.create_study(directions=list(DIRECTIONS))
-
-    def objective(trial):
-        q = trial.suggest_float("q", 0.0, 1.0)
-        on_rung = pruner.reporter(trial)
-        for k, r in enumerate(on_rung.rungs):
-            on_rung(k, r, _metrics(q, r))
-        m = _metrics(q, 4)
-        return m["clean_acc"], m["robust_acc"], m["cost"]
-
-    for q in (0.5, 0.6, 0.4, 0.9, 0.1, 0.7, 0.55):
-        study.enqueue_trial({"q": q}, user_attrs={"baseline": True} if q == 0.4 else None)
-    study.optimize(objective, n_trials=7)
-    trials = study.get_trials()
+    trials = _enqueued_study(pruner, baselines=(0.4,))
     t2 = trials[2]
     assert t2.state == TrialState.COMPLETE and "pruned_reason" not in t2.user_attrs
     assert t2.user_attrs["rung_0_promoted"] is False and t2.user_attrs["rung_0_kept_baseline"] is True
