@@ -216,18 +216,18 @@ def mrs_ratios(
     total = float(sum(sizes[n] for n in names))
     m = {n: max(float(mrs[n]), min_mrs) for n in names}
     if mapping == "inverse":
-        inv = {n: 1.0 / m[n] for n in names}
+        pref = {n: 1.0 / m[n] for n in names}
     else:  # linear: 1 - MRS / max MRS
         top = max(m.values())
-        inv = {n: max(1.0 - m[n] / top, min_mrs) for n in names}
+        pref = {n: max(1.0 - m[n] / top, min_mrs) for n in names}
     capped: set[str] = set()
     ratios: dict[str, float] = {}
     while True:
         free = [n for n in names if n not in capped]
         budget = target * total - r_max * sum(sizes[n] for n in capped)  # weights still to prune
-        weight = sum(sizes[n] * inv[n] for n in free)
+        weight = sum(sizes[n] * pref[n] for n in free)
         c = budget / weight if free and weight > 0 else 0.0
-        ratios = {n: (r_max if n in capped else c * inv[n]) for n in names}
+        ratios = {n: (r_max if n in capped else c * pref[n]) for n in names}
         newly = {n for n in free if ratios[n] > r_max}
         if not newly:
             break
