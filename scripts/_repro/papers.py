@@ -497,7 +497,10 @@ def plan_003(quick: bool, seeds: Sequence[int]) -> Plan:
 # ---------------------------------------------------------------------------------------------
 
 MRPF_CRITERIA = ("random", "magnitude", "taylor", "hessian")
-MRPF_LABELS = {"mrs": "MRS", "mrs-linear": "MRS-lin", "uniform": "uniform", "global": "LAMP global"}
+# row label -> (allocation, its options); MRS-lin is D.3's alternative map, r_l ~ 1 - MRS_l / max MRS
+MRPF_ALLOCATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "MRS": ("mrs", {}), "MRS-lin": ("mrs", {"mrs_map": "linear"}), "uniform": ("uniform", {}),
+    "LAMP global": ("global", {})}
 
 
 def plan_004(quick: bool, seeds: Sequence[int]) -> Plan:
@@ -516,17 +519,15 @@ def plan_004(quick: bool, seeds: Sequence[int]) -> Plan:
         rows += _dense_rows("004", "mrpf", "trades", seed, ft(seed), "TRADES")
         for t in targets_macs:
             for crit in (*MRPF_CRITERIA, "lamp"):
-                allocs: tuple[str, ...] = ("global",) if crit == "lamp" else ("mrs", "mrs-linear", "uniform")
-                for alloc in allocs:
+                labels = ("LAMP global",) if crit == "lamp" else ("MRS", "MRS-lin", "uniform")
+                for label in labels:
+                    alloc, alloc_opts = MRPF_ALLOCATIONS[label]
                     opts: dict[str, Any] = ({"n_batches": 4} if crit == "taylor" else
                                             {"n_samples": 32} if crit == "hessian" else {})
                     if crit in ("taylor", "hessian"):
                         opts["adversarial"] = True
-                    if alloc == "mrs-linear":  # D.3's alternative map, r_l ~ 1 - MRS_l / max MRS
-                        opts["mrs_map"] = "linear"
-                    prune = PruneConfig(method=crit, granularity="channel", allocation=alloc.split("-")[0],
-                                        sparsity=0.5, options=opts)
-                    label = MRPF_LABELS[alloc]
+                    prune = PruneConfig(method=crit, granularity="channel", allocation=alloc, sparsity=0.5,
+                                        options={**opts, **alloc_opts})
                     row = Row("004", "mrpf", "trades", f"{crit} {label} @{t:g}", "TRADES", seed,
                               TrialParams(prune=prune, finetune=ft(seed), seed=seed), x=t, series=f"{crit} {label}")
                     rows.append(row)
