@@ -21,14 +21,13 @@ METRICS = ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio", "sparsity")
 _MARK = {True: "met", False: "**missed**", None: "not decided"}
 
 
-def _cells(out: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
-    records = list(load_results(out / "results.jsonl").values())
-    return aggregate(records, METRICS), records
-
-
 def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: str = "") -> Path:
-    """Writes ``out/REPORT.md`` (tables, targets, notes) and ``out/<paper>.png``; returns the report path."""
-    cells, records = _cells(out)
+    """Writes ``out/REPORT.md`` (tables, targets, notes) and ``out/<paper>.png``; returns the report path.
+    Cells come in the plan's row order (a row added to a plan after others ran sits beside its kin)."""
+    position = {r.key: i for i, r in enumerate(plan.rows)}
+    records = [{**r, "index": position.get(r["key"], len(position) + r.get("index", 0))}
+               for r in load_results(out / "results.jsonl").values()]
+    cells = aggregate(records, METRICS)
     done = {r["key"] for r in records}
     n_done = sum(r.key in done for r in plan.rows)
     status = "complete" if n_done == len(plan.rows) else f"**partial: {n_done} of {len(plan.rows)} rows finished**"
