@@ -169,6 +169,18 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert "| 009 | quick | 1 of 1 |" in again.read_text()
 
 
+def test_report_lists_cells_in_plan_order_not_run_order(tmp_path: Path) -> None:
+    """A row added to a plan after others ran (recorded later, with a stale index) sits where the plan puts it."""
+    first, added, last = _row(method="magnitude 0.5"), _row(method="magnitude 0.6"), _row(method="magnitude 0.7")
+    plan = papers.Plan("009", "tiny", _setup(), (first, added, last), {}, (papers.TableSpec("t", "tiny table"),), ())
+    out = tmp_path / "run"
+    for i, row in enumerate((first, last, added)):  # the run order: "added" came last, with index 2
+        core.append_result(out / "results.jsonl", {**_record(row, 0.8, 0.4, index=i), "seconds": 1.0})
+    md = report.write_report(plan, out, command="x", quick=True).read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| std | magnitude")]
+    assert [r.split(" | ")[1] for r in rows] == ["magnitude 0.5", "magnitude 0.6", "magnitude 0.7"]
+
+
 def test_mrpf_baseline_is_structured_and_fits_the_joint_study() -> None:
     b = BASELINES.get("mrpf")
     assert (b.granularity, b.allocation, b.recipe) == ("channel", "mrs", "trades")
