@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
                     help="run only the rows whose key matches one of these shell patterns (keys look like "
                          "001/table3/standard/L1-filter 0.8/AFT/seed0); the report lists the others as not run")
+    ap.add_argument("--save-models", type=Path, default=None, metavar="DIR",
+                    help="keep each row's final model in DIR/<row key>/ (model.pt + metadata.json), so "
+                         "`searchprune eval DIR/<row> --attacks apgd square` can attack it again")
     ap.add_argument("--report-only", action="store_true", help="only rewrite DIR/REPORT.md from results.jsonl")
     ap.add_argument("--write-results", action="store_true", help="assemble docs/RESULTS.md from run directories")
     ap.add_argument("--from", dest="from_dirs", type=Path, nargs="*", default=None,
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             given[name] = Path(path)
         if not a.report_only:
             run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given, only=a.only,
-                     on_row=on_row)
+                     on_row=on_row, save_models=a.save_models)
         print(f"wrote {write_report(plan, out, command=commands(), quick=a.quick, machine=machine)}")
         return 0
     except ConfigError as e:

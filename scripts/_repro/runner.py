@@ -31,7 +31,7 @@ from searchprune.models.macs import count_dense_macs, count_macs
 from searchprune.prune import keep_fraction_from_compression, prunable_layers, prune_, weight_param
 from searchprune.prune.allocation.mrs import MRS_DEFAULTS
 from searchprune.train import train_base_model
-from searchprune.trial import TrialContext, run_trial
+from searchprune.trial import TrialContext, TrialResult, checkpoint_metadata, run_trial
 
 from .core import Base, Row, Setup, append_result, load_results, pending_rows, row_fingerprint
 
@@ -149,7 +149,8 @@ def resolve_row(row: Row, ctx: TrialContext, match: float | None) -> Row:
 
 def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None, quick: bool,
              base_checkpoints: Mapping[str, Path] | None = None, only: Sequence[str] | None = None,
-             on_row: Callable[[], object] = lambda: None, log: Callable[[str], None] = print) -> int:
+             on_row: Callable[[], object] = lambda: None, log: Callable[[str], None] = print,
+             save_models: Path | None = None) -> int:
     """Runs every row of ``plan`` not yet in ``out/results.jsonl``, appending each as it finishes.
 
     ``only`` (shell patterns, ``fnmatch``) keeps the rows whose key matches one of them: a long run
@@ -211,6 +212,8 @@ def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None
             "seconds": time.perf_counter() - t0, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
                 timespec="seconds"),
         }
+        if save_models is not None:
+            save_row_model(save_models, row, run, r, ctx, plan.setup)
         append_result(results, record)
         log(f"[{n}/{len(todo)}] {row.key}: clean {metrics['clean_acc']:.4f}  PGD {metrics['pgd_acc']:.4f}"
             + (f"  transfer {metrics['transfer_acc']:.4f}" if metrics.get("transfer_acc") is not None else "")
@@ -218,3 +221,18 @@ def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None
         on_row()
     return len(todo)
 
+
+
+def save_row_model(root: Path, row: Row, run: Row, result: TrialResult, ctx: TrialContext, setup: Setup) -> Path:
+    """Writes ``root/<row key with / as __>/`` with ``model.pt`` and the ``metadata.json`` that
+    ``searchprune eval`` reads (data, threat, the table's attacks and metrics), and returns it."""
+    assert result.model is not None
+    d = root / row.key.replace("/", "__").replace(" ", "_")
+    save_checkpoint(d / "model.pt", result.model, checkpoint_metadata(run.params, ctx, result))
+    meta = {"row": row.key, "params": to_dict(run.params), "data": to_dict(setup.data),
+            "threat": to_dict(setup.threat), "eval_attacks": list(setup.eval.attacks),
+            "test_metrics": {"clean_acc": result.clean_acc, "n": result.n_eval,
+                             **{f"acc_{k}": v for k, v in result.attack_acc.items()}},
+            "files": {"checkpoint": "model.pt"}}
+    (d / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    return d

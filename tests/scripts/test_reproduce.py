@@ -169,6 +169,28 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert "| 009 | quick | 1 of 1 |" in again.read_text()
 
 
+def test_saved_row_models_are_export_dirs_that_eval_remeasures(tmp_path: Path) -> None:
+    from searchprune.search.export import evaluate_export
+
+    setup = _setup(train_size=256, test_size=64, batch_size=64, eval_batch_size=64)
+    rows = (_row(), dataclasses.replace(_row(), method="L1-filter 0.5", params=TrialParams(
+        prune=PruneConfig(method="l1_filter", granularity="channel", sparsity=0.5), seed=0)))
+    plan = papers.Plan("009", "tiny", setup, rows, {}, (papers.TableSpec("t", "tiny table"),), ())
+    out, models = tmp_path / "run", tmp_path / "models"
+    assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None,
+                           save_models=models) == 2
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    dirs = sorted(models.iterdir())
+    assert [d.name for d in dirs] == sorted(r["key"].replace("/", "__").replace(" ", "_") for r in recs)
+    for rec in recs:
+        d = models / rec["key"].replace("/", "__").replace(" ", "_")
+        assert json.loads((d / "metadata.json").read_text())["row"] == rec["key"]
+        got = evaluate_export(d, attacks=("pgd",), device="cpu")["measured"]
+        # the same model on the same test images: the table's clean accuracy, to the image
+        assert got["n"] == rec["metrics"]["n_eval"] == 64
+        assert got["clean_acc"] == pytest.approx(rec["metrics"]["clean_acc"], abs=1e-9)
+
+
 def test_report_lists_cells_in_plan_order_not_run_order(tmp_path: Path) -> None:
     """A row added to a plan after others ran (recorded later, with a stale index) sits where the plan puts it."""
     first, added, last = _row(method="magnitude 0.5"), _row(method="magnitude 0.6"), _row(method="magnitude 0.7")
