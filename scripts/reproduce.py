@@ -4,6 +4,7 @@
     python scripts/reproduce.py --paper 001 --seeds 3          # the full settings (hours on a CPU)
     python scripts/reproduce.py --paper 001 --report-only      # rewrite the tables from results.jsonl
     python scripts/reproduce.py --write-results                # assemble docs/RESULTS.md from runs/repro/*
+    python scripts/reproduce.py --paper 000 --check-masking runs/repro/000/models   # attack saved rows again
 
 Each row of a table is one ``searchprune.trial.run_trial`` call with hand-written TrialParams: the
 code a study runs, with no Optuna involved. Rows are appended to ``DIR/results.jsonl`` as they finish
@@ -23,11 +24,13 @@ import sys
 from pathlib import Path
 
 import torch
+from _repro.masking import check_saved_models
 from _repro.papers import list_papers, make_plan
 from _repro.report import write_report, write_results_md
 from _repro.runner import run_rows
 
 from searchprune._torch import set_cpu_threads
+from searchprune.attacks import CheckBudget
 from searchprune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-models", type=Path, default=None, metavar="DIR",
                     help="keep each row's final model in DIR/<row key>/ (model.pt + metadata.json), so "
                          "`searchprune eval DIR/<row> --attacks apgd square` can attack it again")
+    ap.add_argument("--check-masking", type=Path, default=None, metavar="MODELS",
+                    help="run the gradient-masking checks on the models saved in MODELS (by --save-models), "
+                         "append them to DIR/masking.jsonl and rewrite the report; --only selects rows")
+    ap.add_argument("--n-check", type=int, default=1000, help="test images per masking check (default 1000)")
+    ap.add_argument("--square-queries", type=int, default=1000,
+                    help="Square Attack queries per masking check (default 1000)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite DIR/REPORT.md from results.jsonl")
     ap.add_argument("--write-results", action="store_true", help="assemble docs/RESULTS.md from run directories")
     ap.add_argument("--from", dest="from_dirs", type=Path, nargs="*", default=None,
@@ -115,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--base-checkpoint: expected NAME=PATH with NAME one of "
                                   f"{', '.join(plan.setup.bases)}, got {item!r}")
             given[name] = Path(path)
-        if not a.report_only:
+        if a.check_masking is not None:
+            budget = CheckBudget(n_images=a.n_check, square_queries=a.square_queries)
+            n = check_saved_models(a.check_masking, out, budget=budget, device=a.device, only=a.only,
+                                   command=this)
+            print(f"checked {n} model(s) -> {out / 'masking.jsonl'}")
+        elif not a.report_only:
             run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given, only=a.only,
                      on_row=on_row, save_models=a.save_models)
         print(f"wrote {write_report(plan, out, command=commands(), quick=a.quick, machine=machine)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import Cell, aggregate, load_results, lookup_reference, markdown_table
+from .masking import MASKING_FILE, masking_section
 
 __all__ = ["METRICS", "write_report", "plot_plan", "write_results_md"]
 
@@ -49,6 +50,7 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: st
         if not sel:
             continue
         lines += [f"### {spec.caption}", "", markdown_table(sel, plan.refs, extra=spec.extra), ""]
+    lines += masking_section(out, order=[r.key for r in plan.rows])
     targets = plan.targets(cells)
     if targets:
         lines += ["### Targets", ""]
@@ -146,7 +148,7 @@ None of them was run in this session (no GPU was available); every table below r
 """
 
 
-ARCHIVED = ("REPORT.md", "summary.json", "results.jsonl", "command.txt")
+ARCHIVED = ("REPORT.md", "summary.json", "results.jsonl", "command.txt", MASKING_FILE)
 
 
 def archive_run(d: Path, archive: Path) -> Path:

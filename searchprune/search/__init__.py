@@ -18,10 +18,12 @@ from .baselines import BASELINES, Baseline, baseline_trials, list_baselines, reg
 from .certify import AttackSpec, CertifyReport, certify_candidates, certify_study, parse_attack
 from .export import (
     ExportMismatch,
+    LoadedExport,
     Rule,
     evaluate_export,
     export_trial,
     load,
+    load_export,
     parse_rule,
     select_trial,
     split_fingerprint,
@@ -81,7 +83,8 @@ __all__ = [
     "finished_trials", "RunFailed",
     # reports, export, plots
     "TABLE_COLUMNS", "pareto_rows", "format_table", "study_summary", "reference_point", "hypervolume",
-    "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export",
+    "study_hypervolume", "Rule", "parse_rule", "select_trial", "export_trial", "load", "load_export", "LoadedExport",
+    "evaluate_export",
     "ExportMismatch", "split_fingerprint", "PROJECTIONS", "figures", "write_plots", "write_report", "cost_kind",
     # certify
     "CERTIFIED_ATTR", "certified_attrs", "AttackSpec", "CertifyReport", "certify_candidates", "certify_study",

@@ -62,8 +62,8 @@ from .model_card import model_card
 from .reports import certified_attrs
 from .study import stored_config
 
-__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "evaluate_export", "ExportMismatch",
-           "split_fingerprint"]
+__all__ = ["Rule", "parse_rule", "select_trial", "export_trial", "load", "load_export", "LoadedExport",
+           "evaluate_export", "ExportMismatch", "split_fingerprint"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
@@ -371,21 +371,33 @@ def load(path: str | Path, *, trust_factory: str | None = None,
     return model
 
 
-def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
-                    data_dir: str | None = None, trust_factory: str | None = None, n_test: int | None = None,
-                    progress: bool = False) -> dict[str, Any]:
-    """Re-measures an export directory on its test split; returns measured and recorded metrics.
+@dataclass(frozen=True)
+class LoadedExport:
+    """An export directory loaded for measuring: the model (in eval mode, on ``device``), the test
+    split it was measured on (checked by sha256 when the export recorded one), its threat model and
+    its metadata."""
 
-    ``n_test`` measures only the first that many test images (the recorded metrics stay those of the
-    whole split: compare them knowingly); ``progress`` reports images done as the attacks run.
+    model: torch.nn.Module
+    test: ArrayDataset
+    threat: ThreatModel
+    meta: Mapping[str, Any]
+    device: torch.device
+    eval_batch_size: int
+
+    def loader(self, n_test: int | None = None) -> BatchLoader:
+        """The test split in batches of the export's eval batch size, the first ``n_test`` images."""
+        return BatchLoader(self.test, self.eval_batch_size, device=self.device, max_images=n_test)
+
+
+def load_export(path: str | Path, *, device: str | None = None, data_dir: str | None = None,
+                trust_factory: str | None = None) -> LoadedExport:
+    """Loads an export directory (``model.pt`` + ``metadata.json``) with the test split it was measured on.
 
     Raises:
         ConfigError: not an export directory, a checkpoint of another dataset than the metadata
             names, data that does not fit the model, or a test split other than the one the
             export was measured on (``data_dir`` pointing at another dataset).
     """
-    if n_test is not None and n_test < 1:
-        raise ConfigError(f"--n-test: expected >= 1, got {n_test}")
     p = Path(path)
     meta_path = p / "metadata.json"
     if not meta_path.is_file():
@@ -411,11 +423,27 @@ def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tup
         where = f" from --data-dir {data_dir!r}" if data_dir is not None else ""
         raise ConfigError(f"{str(p)!r}: the test split of {data['dataset']!r} loaded{where} is not the one the "
                           "export was measured on (its sha256 differs): another dataset or other files?")
-    threat = build(ThreatModel, meta["threat"], "threat")
+    return LoadedExport(model, splits.test, build(ThreatModel, meta["threat"], "threat"), meta, dev,
+                        int(data.get("eval_batch_size", 256)))
+
+
+def evaluate_export(path: str | Path, *, device: str | None = None, attacks: tuple[str, ...] | None = None,
+                    data_dir: str | None = None, trust_factory: str | None = None, n_test: int | None = None,
+                    progress: bool = False) -> dict[str, Any]:
+    """Re-measures an export directory on its test split; returns measured and recorded metrics.
+
+    ``n_test`` measures only the first that many test images (the recorded metrics stay those of the
+    whole split: compare them knowingly); ``progress`` reports images done as the attacks run.
+
+    Raises:
+        ConfigError: as :func:`load_export`, or ``n_test`` < 1.
+    """
+    if n_test is not None and n_test < 1:
+        raise ConfigError(f"--n-test: expected >= 1, got {n_test}")
+    ex = load_export(path, device=device, data_dir=data_dir, trust_factory=trust_factory)
+    meta = ex.meta
     atk = attacks or tuple(dict.fromkeys(("pgd", *meta.get("eval_attacks", []))))
-    loader = BatchLoader(splits.test, int(data.get("eval_batch_size", 256)), device=dev, max_images=n_test)
-    res = evaluate(model, loader, threat, attacks=atk, progress=progress,
-                   desc="eval test")
+    res = evaluate(ex.model, ex.loader(n_test), ex.threat, attacks=atk, progress=progress, desc="eval test")
     measured = {"clean_acc": res.clean, "worst_acc": res.worst, "n": res.n,
                 **{f"acc_{k}": v for k, v in res.robust.items()}}
     return {"measured": measured, "recorded": meta.get("test_metrics", {}), "threat": meta["threat"]}

@@ -14,8 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _repro import core, joint, papers, report, runner  # noqa: E402
+from _repro import core, joint, masking, papers, report, runner  # noqa: E402
 
+from searchprune.attacks import CheckBudget  # noqa: E402
 from searchprune.config import (  # noqa: E402
     DataConfig,
     EvalConfig,
@@ -189,6 +190,34 @@ def test_saved_row_models_are_export_dirs_that_eval_remeasures(tmp_path: Path) -
         # the same model on the same test images: the table's clean accuracy, to the image
         assert got["n"] == rec["metrics"]["n_eval"] == 64
         assert got["clean_acc"] == pytest.approx(rec["metrics"]["clean_acc"], abs=1e-9)
+
+
+def test_masking_checks_of_saved_models_are_resumable_and_reported(tmp_path: Path) -> None:
+    setup = _setup(train_size=256, test_size=64, batch_size=64, eval_batch_size=64)
+    rows = (_row(), _row(method="magnitude 0.7", sparsity=0.7))
+    plan = papers.Plan("009", "tiny", setup, rows, {}, (papers.TableSpec("t", "tiny table"),), ())
+    out, models = tmp_path / "run", tmp_path / "models"
+    with pytest.raises(ConfigError, match="holds no saved row model"):
+        masking.check_saved_models(models, out, budget=CheckBudget(n_images=8), log=lambda s: None)
+    runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None, save_models=models)
+    budget = CheckBudget(n_images=16, apgd_steps=3, square_queries=10)
+    only = ["*magnitude 0.7*"]
+    assert masking.check_saved_models(models, out, budget=budget, only=only, command="c", log=lambda s: None) == 1
+    assert masking.check_saved_models(models, out, budget=budget, log=lambda s: None) == 1  # only the other one
+    assert masking.check_saved_models(models, out, budget=budget, log=lambda s: None) == 0  # both done
+    recs = [json.loads(line) for line in (out / masking.MASKING_FILE).read_text().splitlines()]
+    assert sorted(r["row"] for r in recs) == sorted(r.key for r in rows)
+    for r in recs:
+        m = r["report"]
+        assert m["n_images"] == 16 and r["threat"]["eps"] == pytest.approx(0.02)
+        # an image counted robust by every attack is robust to each: the worst case bounds them all
+        assert m["worst_acc"] <= min(m["pgd_subset_acc"], m["pgd_more_acc"], m["apgd_acc"], m["square_acc"])
+        assert m["pgd_subset_acc"] <= m["clean_acc"]
+    md = report.write_report(plan, out, command="x", quick=True).read_text()
+    table = [line for line in md.splitlines() if line.startswith("| 009/t/std/")]
+    assert [line.split(" | ")[0][2:] for line in table] == [r.key for r in rows]  # the plan's order
+    assert "Gradient-masking checks" in md and "`c`" in md
+    assert (report.archive_run(out, tmp_path / "archive") / masking.MASKING_FILE).exists()
 
 
 def test_report_lists_cells_in_plan_order_not_run_order(tmp_path: Path) -> None:
