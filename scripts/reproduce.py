@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{', '.join(plan.setup.bases)}, got {item!r}")
             given[name] = Path(path)
         if a.check_masking is not None:
+            for flag, value in (("--n-check", a.n_check), ("--square-queries", a.square_queries)):
+                if value < 1:
+                    raise ConfigError(f"{flag}: expected >= 1, got {value}")
             budget = CheckBudget(n_images=a.n_check, square_queries=a.square_queries)
             n = check_saved_models(a.check_masking, out, budget=budget, device=a.device, only=a.only,
                                    command=this)
