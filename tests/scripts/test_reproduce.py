@@ -394,3 +394,19 @@ def test_plan_004_pairs_both_mrs_maps_with_uniform_and_matches_macs_with_the_map
     assert seen and all(c.options.get("mrs_map") == "linear" and c.method == "magnitude" for c in seen)
     assert resolved.params.prune.sparsity == pytest.approx(0.5, abs=0.01)
     assert resolved.params.prune.options == lin.params.prune.options
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-check", "0"], "--n-check: expected >= 1, got 0"),
+    (["--square-queries", "-1"], "--square-queries: expected >= 1, got -1"),
+    ([], "holds no saved row model"),
+])
+def test_check_masking_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     extra: list[str], message: str) -> None:
+    import reproduce
+
+    argv = ["--paper", "000", "--out", str(tmp_path / "run"), "--check-masking", str(tmp_path / "none"), *extra]
+    assert reproduce.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "masking.jsonl").exists()
