@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fnmatch
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,11 @@ __all__ = ["check_saved_models", "masking_section", "MASKING_FILE"]
 MASKING_FILE = "masking.jsonl"
 
 
+def _key(row: str, budget: dict[str, Any]) -> str:
+    """A check is identified by its row and its budget: a rerun with a larger budget checks again."""
+    return f"{row}|{json.dumps(budget, sort_keys=True)}"
+
+
 def _load(path: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
@@ -36,7 +42,7 @@ def _load(path: Path) -> dict[str, dict[str, Any]]:
     for line in path.read_text().splitlines():
         if line.strip():
             rec = json.loads(line)
-            out[f"{rec['row']}|{json.dumps(rec['budget'], sort_keys=True)}"] = rec
+            out[_key(rec["row"], rec["budget"])] = rec
     return out
 
 
@@ -50,8 +56,6 @@ def check_saved_models(models: Path, out: Path, *, budget: CheckBudget, device: 
     Raises:
         ConfigError: ``models`` holds no saved row model.
     """
-    import fnmatch
-
     dirs = sorted(d for d in models.glob("*") if (d / "metadata.json").is_file() and (d / "model.pt").is_file())
     if not dirs:
         raise ConfigError(f"--check-masking: {str(models)!r} holds no saved row model (DIR/<row>/model.pt + "
@@ -64,7 +68,7 @@ def check_saved_models(models: Path, out: Path, *, budget: CheckBudget, device: 
         key = json.loads((d / "metadata.json").read_text()).get("row", d.name)
         if only and not any(fnmatch.fnmatchcase(key, p) for p in only):
             continue
-        if f"{key}|{json.dumps(b, sort_keys=True)}" in done:
+        if _key(key, b) in done:
             continue
         t0 = time.perf_counter()
         ex = load_export(d, device=device)

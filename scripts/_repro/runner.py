@@ -222,7 +222,6 @@ def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None
     return len(todo)
 
 
-
 def save_row_model(root: Path, row: Row, run: Row, result: TrialResult, ctx: TrialContext, setup: Setup) -> Path:
     """Writes ``root/<row key with / as __>/`` with ``model.pt`` and the ``metadata.json`` that
     ``searchprune eval`` reads (data, threat, the table's attacks and metrics), and returns it."""
