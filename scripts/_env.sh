@@ -10,6 +10,16 @@ VENV="${SEARCHPRUNE_VENV:-.venv}"
 TORCH_SPEC="${SEARCHPRUNE_TORCH_SPEC:-torch==2.13.0}"
 
 setup_env() {  # $1: pip extras, e.g. "dev"
+  # quickstart.sh and test.sh started at once in one checkout would both create $VENV: take turns
+  if command -v flock >/dev/null; then
+    exec 9>"${TMPDIR:-/tmp}/searchprune-setup-$(printf %s "$ROOT/$VENV" | cksum | cut -d' ' -f1).lock"
+    flock 9
+  fi
+  _setup_env_locked "${1:-}"
+  if command -v flock >/dev/null; then exec 9>&-; fi
+}
+
+_setup_env_locked() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating virtual environment $VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
