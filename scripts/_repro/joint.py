@@ -181,7 +181,11 @@ def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps({"paper": "joint", "quick": quick, "rows": cfg.n_trials,
-                                                  "done": n_done, "command": command}, indent=2))
+                                                  "done": n_done, "command": command,
+                                                  "finding": (f"searched trials dominate {len(beaten)} of "
+                                                              f"{len(recipes)} recipes on test images"
+                                                              if searched else "undecided: nothing searched "
+                                                              "reached the validation front")}, indent=2))
     return path
 
 

@@ -167,11 +167,43 @@ def archive_run(d: Path, archive: Path) -> Path:
     return dest
 
 
+def _seeds(d: Path) -> str:
+    seeds = {r["seed"] for r in load_results(d / "results.jsonl").values() if "seed" in r}
+    return str(len(seeds)) if seeds else "-"
+
+
+def glance(dirs: Sequence[Path]) -> list[str]:
+    """RESULTS.md's first table, computed from each run's ``summary.json`` (never written by hand):
+    per paper and mode the rows done, the seeds, and how many targets are met, missed and undecided
+    (the joint search: its finding); then every target missed at full settings, with its detail."""
+    rows = ["| paper | mode | rows done | seeds | targets: met / missed / not decided |", "|---|---|---|---|---|"]
+    missed: list[str] = []
+    for d in dirs:
+        if not (d / "summary.json").exists():
+            continue
+        s = json.loads((d / "summary.json").read_text())
+        ts = s.get("targets", [])
+        n = [sum(t["met"] is v for t in ts) for v in (True, False, None)]
+        verdict = s.get("finding") or (" / ".join(map(str, n)) if ts else "-")
+        rows.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']} | "
+                    f"{_seeds(d)} | {verdict} |")
+        if not s["quick"]:
+            missed += [f"- {s['paper']}: {t['claim']} ({t['detail']})" for t in ts if t["met"] is False]
+    if len(rows) == 2:
+        return []
+    out = ["## Targets at a glance", "", "Counted from each run's `summary.json` (the targets listed in each "
+           "section below); a run with rows still to do decides only the targets of the rows it finished; "
+           "seeds: `-` where the run's row file was not kept.", "", *rows, ""]
+    if missed:
+        out += ["Missed at full settings (each section says why):", "", *missed, ""]
+    return out
+
+
 def write_results_md(dirs: Sequence[Path], dest: Path, *, preamble: str = "",
                      not_run: Sequence[tuple[str, str]] = ()) -> Path:
     """Assembles ``dest`` (docs/RESULTS.md) from each run directory's ``REPORT.md``; each run is archived
     into ``results/<run>/`` beside it (rows, summary, report, plot) and the image links point there."""
-    parts = [HEADER, preamble] if preamble else [HEADER]
+    parts = [HEADER, *glance(dirs), preamble] if preamble else [HEADER, *glance(dirs)]
     img_dir = dest.parent / "results"
     status = ["| paper | mode | rows | rows, report and plot (archived) |", "|---|---|---|---|"]
     bodies = []

@@ -232,6 +232,34 @@ def test_report_lists_cells_in_plan_order_not_run_order(tmp_path: Path) -> None:
     assert [r.split(" | ")[1] for r in rows] == ["magnitude 0.5", "magnitude 0.6", "magnitude 0.7"]
 
 
+def test_results_md_opens_with_the_targets_counted_from_each_summary(tmp_path: Path) -> None:
+    def run(name: str, summary: dict[str, object], seeds: tuple[int, ...] = ()) -> Path:
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        (d / "REPORT.md").write_text(f"## {name}\n")
+        (d / "summary.json").write_text(json.dumps(summary))
+        for s in seeds:
+            core.append_result(d / "results.jsonl", {"key": f"k{s}", "seed": s})
+        return d
+
+    def t(claim: str, met: bool | None) -> dict[str, object]:
+        return {"claim": claim, "met": met, "detail": f"{claim} measured"}
+
+    full = run("007", {"paper": "007", "quick": False, "rows": 9, "done": 4,
+                       "targets": [t("a", True), t("b", False), t("c", None), t("d", False)]}, seeds=(0, 1, 1))
+    quick = run("007-quick", {"paper": "007", "quick": True, "rows": 3, "done": 3, "targets": [t("q", False)]})
+    joint = run("joint", {"paper": "joint", "quick": True, "rows": 16, "done": 10,
+                          "finding": "searched trials dominate 1 of 8 recipes on test images"})
+    md = report.write_results_md([full, quick, joint], tmp_path / "docs" / "RESULTS.md").read_text()
+    glance = md.split("## Targets at a glance", 1)[1].split("## What was run", 1)[0]
+    assert "| 007 | full | 4 of 9 | 2 | 1 / 2 / 1 |" in glance
+    assert "| 007 | quick | 3 of 3 | - | 0 / 1 / 0 |" in glance  # no row file kept: seeds unknown
+    assert "| joint | quick | 10 of 16 | - | searched trials dominate 1 of 8 recipes on test images |" in glance
+    # every target missed at full settings is listed with its detail; quick misses are not
+    assert "- 007: b (b measured)" in glance and "- 007: d (d measured)" in glance and "q measured" not in glance
+    assert md.index("## Targets at a glance") < md.index("## What was run")
+
+
 def test_mrpf_baseline_is_structured_and_fits_the_joint_study() -> None:
     b = BASELINES.get("mrpf")
     assert (b.granularity, b.allocation, b.recipe) == ("channel", "mrs", "trades")
