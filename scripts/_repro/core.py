@@ -25,9 +25,13 @@ from searchprune.config import DataConfig, EvalConfig, ModelConfig, ThreatModel,
 from searchprune.errors import ConfigError
 
 __all__ = [
-    "Base", "Row", "Setup", "Cell", "Reference", "Target", "row_fingerprint", "load_results", "append_result",
-    "pending_rows", "aggregate", "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference", "dominates",
+    "CHANCE_MARGIN", "Base", "Row", "Setup", "Cell", "Reference", "Target", "row_fingerprint", "load_results",
+    "append_result", "pending_rows", "aggregate", "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference",
+    "dominates",
 ]
+
+
+CHANCE_MARGIN = 0.02  # clean accuracy within this of 1 / classes: the model predicts (almost) one class
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from searchprune.prune.allocation.mrs import MRS_DEFAULTS
 from searchprune.train import train_base_model
 from searchprune.trial import TrialContext, TrialResult, checkpoint_metadata, run_trial
 
-from .core import Base, Row, Setup, append_result, load_results, pending_rows, row_fingerprint
+from .core import CHANCE_MARGIN, Base, Row, Setup, append_result, load_results, pending_rows, row_fingerprint
 
 __all__ = ["base_path", "ensure_base", "make_context", "mac_ratio", "match_mac_ratio", "compression_sparsity",
            "run_rows"]
@@ -51,7 +51,12 @@ def ensure_base(base: Base, data: DataConfig, threat: ThreatModel, path: Path, *
                 device: torch.device, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
     """Loads the base checkpoint at ``path``, or trains it (``base.train`` on ``base.train_size``
     training images, through ``train_base_model``: the code path of ``searchprune train``),
-    measures it on the test images and saves it there first."""
+    measures it on the test images and saves it there first.
+
+    Raises:
+        ConfigError: the freshly trained base is at chance (kept beside ``path`` as ``*.collapsed.pt``,
+            not at ``path``, so a rerun trains it again rather than running rows from a constant predictor).
+    """
     if path.exists():
         return load_checkpoint(path)
     base_data = DataConfig(dataset=data.dataset, data_dir=data.data_dir, download=data.download, val_size=0,
@@ -63,6 +68,12 @@ def ensure_base(base: Base, data: DataConfig, threat: ThreatModel, path: Path, *
     model, meta = train_base_model(base.model, base.train, splits, data=base_data, threat=threat, device=device,
                                    eval_split="test")
     meta["metrics"]["train_images"] = len(splits.train)
+    clean, classes = meta["metrics"]["test_clean_acc"], splits.info.num_classes
+    if clean <= 1 / classes + CHANCE_MARGIN:  # every row from it would measure a constant predictor
+        kept = path.with_name(f"{path.stem}.collapsed.pt")
+        save_checkpoint(kept, model, meta)
+        raise ConfigError(f"base {base.name!r}: training ended at chance (test clean {clean:.4f} with {classes} "
+                          f"classes), so no row runs from it; kept as {kept} for a look: change its recipe")
     save_checkpoint(path, model, meta)
     log(f"base {base.name!r}: test clean {meta['metrics']['test_clean_acc']:.4f}, PGD "
         f"{meta['metrics']['test_pgd_acc']:.4f} ({meta['metrics']['train_seconds']:.0f} s)")

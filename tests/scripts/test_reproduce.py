@@ -170,6 +170,26 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert "| 009 | quick | 1 of 1 |" in again.read_text()
 
 
+def test_a_base_trained_to_chance_is_refused_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base whose training ended at chance (a dead start) is kept aside and refused in one line, so no row
+    measures a constant predictor and a rerun trains it again."""
+    setup = _setup(train_size=64, test_size=32, batch_size=32, eval_batch_size=32)
+    base = setup.bases["std"]
+
+    def collapsed(model_cfg, train_cfg, splits, **kw):  # type: ignore[no-untyped-def]
+        from searchprune.models import build_model
+        return build_model(model_cfg, splits.info), {"model": {"arch": model_cfg.arch, "factory": None,
+                                                               "kwargs": {}},
+                                                     "dataset": {"name": "synthetic"},
+                                                     "metrics": {"test_clean_acc": 0.1, "test_pgd_acc": 0.1}}
+
+    monkeypatch.setattr(runner, "train_base_model", collapsed)
+    path = tmp_path / "bases" / "std-x.pt"
+    with pytest.raises(ConfigError, match=r"base 'std': training ended at chance \(test clean 0.1000"):
+        runner.ensure_base(base, setup.data, setup.threat, path, device=torch.device("cpu"), log=lambda s: None)
+    assert not path.exists() and (tmp_path / "bases" / "std-x.collapsed.pt").exists()
+
+
 def test_saved_row_models_are_export_dirs_that_eval_remeasures(tmp_path: Path) -> None:
     from searchprune.search.export import evaluate_export
 
