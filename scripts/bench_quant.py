@@ -29,7 +29,7 @@ from searchprune.config import QuantConfig
 from searchprune.data import ArrayDataset, BatchLoader, DatasetInfo, load_dataset, make_synthetic
 from searchprune.errors import ConfigError
 from searchprune.models import create_model
-from searchprune.quantize import quantize_, to_int8
+from searchprune.quantize import int8_backend, quantize_, to_int8
 
 MODELS = {  # name -> (preferred dataset, fallback input shape)
     "cnn8": ("fashion-mnist", (1, 28, 28)),
@@ -106,7 +106,7 @@ def bench(arch: str, args: argparse.Namespace) -> list[str]:
 
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "fp32": model, "fake-quant w8a8": fq, "fake-quant, parametrize.cached": fq_cached,
-        "int8 (torch.ao x86)": int8,
+        f"int8 (torch.ao {int8_backend()})": int8,
     }
 
     test_loader = BatchLoader(test, 256, max_images=args.eval_images)

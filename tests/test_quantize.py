@@ -22,6 +22,7 @@ from searchprune.quantize import (
     count_bitops,
     dequantize_,
     hard_rounding,
+    int8_backend,
     is_quantized,
     layer_bitwidths,
     quantize_,
@@ -442,6 +443,18 @@ def test_int8_predictions_match_fake_quant(trained: nn.Module, data: dict) -> No
     with torch.no_grad():
         agree = (int8(data["xte"]).argmax(1) == fq(data["xte"]).argmax(1)).float().mean().item()
     assert agree >= 0.99
+    # the logits too: fbgemm's 16-bit sums on a CPU without VNNI were off by 1.56 here (exact engines: 0.05)
+    with torch.no_grad():
+        assert (int8(data["xte"]) - fq(data["xte"])).abs().max().item() < 0.25
+
+
+def test_int8_engine_is_the_exact_one_for_the_cpu() -> None:
+    assert int8_backend(frozenset({"sse4_2", "avx2", "fma"})) == "onednn"  # no VNNI: fbgemm would saturate
+    assert int8_backend(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "x86"
+    assert int8_backend(frozenset({"avx2", "avx_vnni"})) == "x86"
+    assert int8_backend() in torch.backends.quantized.supported_engines
+    with pytest.raises(ConfigError, match="int8 backend 'qnnpack' is not available; expected one of x86, fbgemm"):
+        to_int8(nn.Linear(2, 2), [torch.rand(2, 2)], backend="qnnpack")
 
 
 def test_int8_folds_masks_and_keeps_source_intact(trained: nn.Module, data: dict) -> None:

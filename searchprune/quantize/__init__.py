@@ -29,11 +29,11 @@ from ._api import (
 )
 from ._costs import count_bitops, pruned_layer_macs, pruned_macs
 from ._fake import ActFakeQuant, WeightFakeQuant
-from ._int8 import fold_parametrizations_, to_int8
+from ._int8 import fold_parametrizations_, int8_backend, to_int8
 
 __all__ = [
     "quantize_", "calibrate_", "dequantize_", "set_ste_", "hard_rounding", "is_quantized",
     "layer_bitwidths", "quantizable_layers", "QUANTIZABLE", "count_bitops", "pruned_macs",
     "pruned_layer_macs",
-    "to_int8", "fold_parametrizations_", "WeightFakeQuant", "ActFakeQuant",
+    "to_int8", "int8_backend", "fold_parametrizations_", "WeightFakeQuant", "ActFakeQuant",
 ]
