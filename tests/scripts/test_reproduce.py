@@ -354,6 +354,27 @@ def test_a_tie_of_collapsed_models_decides_no_target() -> None:
     assert alive[1].claim == "90%: HYDRA >= LWM (4 ep) in PGD accuracy"
 
 
+def test_001_judges_the_robust_bases_table3_cells_within_2_pp() -> None:
+    """Every Table-3 cell of the robust base is a target of its own, met within 2 pp in both metrics,
+    missed beyond, "not run yet" without a row; the claim names the base's short training."""
+    plan = papers.make_plan("001", quick=False, seeds=[0])
+    rows = {(r.table, r.base, r.method, r.finetune): r for r in plan.rows}
+    near = rows[("table3", "pgd", "L1-filter 0.8", "AFT")]  # paper 84.53 / 78.84
+    far = rows[("table3", "pgd", "INT8", "SFT")]  # paper 89.54 / 25.66
+    cells = core.aggregate([_record(near, 0.8553, 0.7704, index=0), _record(far, 0.8964, 0.2266, index=1)],
+                           ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio"))
+    robust = {t.claim: t for t in plan.targets(cells) if t.claim.startswith("robust base")}
+    refs = [k for k in papers.REFS_001 if k[:2] == ("table3", "pgd")]
+    assert len(robust) == len(refs) == 7
+    epochs = "robust base (2 of the paper's 20 training epochs)"
+    met = robust[f"{epochs}, L1-filter 0.8 / AFT within 2 pp of 84.53 / 78.84"]
+    assert met.met is True and "+1.00 / -1.80" in met.detail
+    missed = robust[f"{epochs}, INT8 / SFT within 2 pp of 89.54 / 25.66"]
+    assert missed.met is False and "+0.10 / -3.00" in missed.detail  # clean within, PGD 3 pp off
+    rest = [t for t in robust.values() if t not in (met, missed)]
+    assert [t.met for t in rest] == [None] * 5 and all(t.detail == "not run yet" for t in rest)
+
+
 def test_only_runs_the_matching_rows_and_rejects_a_pattern_matching_none(tmp_path: Path) -> None:
     setup = _setup(train_size=128, test_size=32, batch_size=32, eval_batch_size=32)
     setup = dataclasses.replace(setup, bases={"std": dataclasses.replace(setup.bases["std"], train_size=128)})
