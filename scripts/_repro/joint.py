@@ -30,7 +30,8 @@ from searchprune.trial import TrialContext, run_trial
 from .core import append_result, dominates, load_results
 from .papers import ROOT
 
-__all__ = ["joint_config", "run_joint", "replay_context", "replay_on_test", "write_joint_report", "RECIPES"]
+__all__ = ["joint_config", "run_joint", "replay_context", "replay_on_test", "write_joint_report", "trial_states",
+           "describe_states", "RECIPES"]
 
 RECIPES = ("dense", "dense_aft", "shrinkbench", "gap", "adver_fine", "hydra", "mrpf", "in_train")
 
@@ -87,8 +88,26 @@ def run_joint(out: Path, *, quick: bool, seeds: int, device: str | None, command
     except ConfigError:  # not created yet (a broken storage is not: its error goes to the user)
         create_study(cfg)
     study = optimize(cfg.name, storage, n_trials=cfg.n_trials, device=device, progress=False)
-    n_done = replay_on_test(cfg, study, out, device=device)
-    return write_joint_report(out, cfg, missing, n_done=n_done, command=command, quick=quick, seeds=seeds)
+    replay_on_test(cfg, study, out, device=device)
+    return write_joint_report(out, cfg, missing, states=trial_states(study), command=command, quick=quick,
+                              seeds=seeds)
+
+
+def trial_states(study: optuna.Study) -> dict[str, int]:
+    """How the study's trials ended: ``complete``, ``pruned`` (stopped early by MO-ASHA at a rung),
+    ``failed``; a trial still running or waiting counts nowhere."""
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    out = dict.fromkeys(names.values(), 0)
+    for t in study.get_trials(deepcopy=False):
+        if t.state in names:
+            out[names[t.state]] += 1
+    return out
+
+
+def describe_states(states: Mapping[str, int]) -> str:
+    """``10 complete, 6 pruned early by MO-ASHA, 0 failed``."""
+    return (f"{states.get('complete', 0)} complete, {states.get('pruned', 0)} pruned early by MO-ASHA, "
+            f"{states.get('failed', 0)} failed")
 
 
 def replay_on_test(cfg: StudyConfig, study: optuna.Study, out: Path, *, device: str | None = None) -> int:
@@ -136,15 +155,19 @@ def _pt(m: Mapping[str, Any]) -> dict[str, float]:
     return {"clean_acc": float(m["clean_acc"]), "pgd_acc": float(m["pgd_acc"]), "macs": float(m["macs"])}
 
 
-def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n_done: int, command: str,
-                       quick: bool, seeds: int) -> Path:
+def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, states: Mapping[str, int],
+                       command: str, quick: bool, seeds: int) -> Path:
+    """REPORT.md and summary.json of a joint run from its replays (``out/results.jsonl``) and ``states``,
+    how the search's trials ended (:func:`trial_states`)."""
+    n_ended = sum(states.values())
     recs = sorted(load_results(out / "results.jsonl").values(), key=lambda r: r["trial"])
     test_pts = {r["trial"]: _pt(r["metrics"]) for r in recs}
     searched = [r for r in recs if not r["baseline"]]
     test_front = [r for r in recs if not any(dominates(test_pts[o["trial"]], test_pts[r["trial"]]) for o in recs)]
     lines = ["## Joint search: `studies/fmnist_full.yaml` with every seed recipe enqueued", "",
              f"Command: `{command}`", "",
-             f"Mode: {'**--quick**' if quick else 'full'}; {n_done} of {cfg.n_trials} trials finished; "
+             f"Mode: {'**--quick**' if quick else 'full'}; {n_ended} of {cfg.n_trials} trials ended "
+             f"({describe_states(states)}); "
              f"{len(recs)} trials replayed on {cfg.data.test_size or 10000} test images: the recipes and the "
              f"{sum(r['val_front'] for r in recs)} trial(s) of the feasible validation front (constraints: "
              f"{to_dict(cfg.constraints)}).", "",
@@ -172,16 +195,16 @@ def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, n
     lines += ["", f"Searched trials dominate {len(beaten)} of {len(recipes)} recipes on test images"
               + (f": {', '.join(r['label'] for r in beaten)}." if beaten else "."), ""]
     if not searched:
-        lines += [f"**Undecided**: no searched trial finished on the validation front ({n_done} of {cfg.n_trials} "
-                  "trials finished in the search, recipes included), so nothing searched was there to dominate a "
-                  "recipe; the claim needs a longer search.", ""]
+        lines += [f"**Undecided**: no searched trial finished on the validation front ({describe_states(states)} "
+                  f"of {cfg.n_trials} trials in the search, recipes included), so nothing searched was there to "
+                  "dominate a recipe; the claim needs a longer search.", ""]
     png = _plot(recs, test_front, out / "joint.png")
     if png is not None:
         lines += [f"![joint front]({png.name})", ""]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps({"paper": "joint", "quick": quick, "rows": cfg.n_trials,
-                                                  "done": n_done, "command": command,
+                                                  "done": n_ended, "states": dict(states), "command": command,
                                                   "finding": (f"searched trials dominate {len(beaten)} of "
                                                               f"{len(recipes)} recipes on test images"
                                                               if searched else "undecided: nothing searched "

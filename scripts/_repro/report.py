@@ -185,7 +185,9 @@ def glance(dirs: Sequence[Path]) -> list[str]:
         ts = s.get("targets", [])
         n = [sum(t["met"] is v for t in ts) for v in (True, False, None)]
         verdict = s.get("finding") or (" / ".join(map(str, n)) if ts else "-")
-        rows.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']} | "
+        st = s.get("states")  # the joint search: how its trials ended
+        how = f" ({st['complete']} complete, {st['pruned']} pruned, {st['failed']} failed)" if st else ""
+        rows.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']}{how} | "
                     f"{_seeds(d)} | {verdict} |")
         if not s["quick"]:
             missed += [f"- {s['paper']}: {t['claim']} ({t['detail']})" for t in ts if t["met"] is False]

@@ -397,6 +397,7 @@ def test_only_runs_the_matching_rows_and_rejects_a_pattern_matching_none(tmp_pat
 def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) -> None:
     """The joint mode's post-search path on a tiny study: every baseline and validation-front trial is
     replayed on the test split (all its images), resumably, and the report decides dominance there."""
+    import optuna
     from _tiny import tiny_study_config
 
     from searchprune.search import create_study, optimize
@@ -415,14 +416,19 @@ def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) ->
     assert all(r["metrics"]["n_eval"] == cfg.data.test_size for r in recs)  # test images, every one
     assert joint.replay_on_test(cfg, study, out) == 3
     assert len((out / "results.jsonl").read_text().splitlines()) == len(recs)  # nothing replayed twice
-    md = joint.write_joint_report(out, cfg, [], n_done=3, command="cmd", quick=True, seeds=1).read_text()
+    states = joint.trial_states(study)
+    assert sum(states.values()) == 3 and states["complete"] == len(study.get_trials(states=(
+        optuna.trial.TrialState.COMPLETE,)))
+    md = joint.write_joint_report(out, cfg, [], states=states, command="cmd", quick=True, seeds=1).read_text()
     assert "recipes on test images" in md and "| 0 | dense |" in md
+    assert f"3 of 3 trials ended ({states['complete']} complete, {states['pruned']} pruned early by MO-ASHA" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["done"] == 3 and summary["states"] == states
+    assert f"| joint | quick | 3 of 3 ({states['complete']} complete" in "\n".join(report.glance([out]))
 
     # a baseline the search pruned (studies made before baselines were exempt from MO-ASHA) is replayed too
     import copy
     from types import SimpleNamespace
-
-    import optuna
 
     trials = copy.deepcopy(study.get_trials())
     trials[0].state, trials[0].values = optuna.trial.TrialState.PRUNED, None
@@ -436,14 +442,16 @@ def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) ->
     first = next(r for r in recs if r["trial"] == 0)["metrics"]
     assert {k: v for k, v in recs2[0]["metrics"].items() if k != "time_s"} == {
         k: v for k, v in first.items() if k != "time_s"}  # the same replay
-    md2 = joint.write_joint_report(out2, cfg, [], n_done=2, command="cmd", quick=True, seeds=1).read_text()
+    md2 = joint.write_joint_report(out2, cfg, [], states={"complete": 2, "pruned": 1, "failed": 0}, command="cmd",
+                                   quick=True, seeds=1).read_text()
     assert "| 0 | dense |" in md2 and "pruned in search" in md2
     # only recipes replayed (every searched trial pruned): the report says the claim is undecided
     out3 = tmp_path / "joint3"
     out3.mkdir()
     (out3 / "results.jsonl").write_text(json.dumps(recs2[0]) + "\n")
-    md3 = joint.write_joint_report(out3, cfg, [], n_done=0, command="cmd", quick=True, seeds=1).read_text()
-    assert "**Undecided**" in md3 and "0 of 1 recipes" in md3
+    md3 = joint.write_joint_report(out3, cfg, [], states={"complete": 1, "pruned": 2, "failed": 0}, command="cmd",
+                                   quick=True, seeds=1).read_text()
+    assert "**Undecided**" in md3 and "0 of 1 recipes" in md3 and "1 complete, 2 pruned early" in md3
 
 
 def test_plan_004_pairs_both_mrs_maps_with_uniform_and_matches_macs_with_the_map(
