@@ -204,7 +204,8 @@ def write_joint_report(out: Path, cfg: StudyConfig, missing: Sequence[str], *, s
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps({"paper": "joint", "quick": quick, "rows": cfg.n_trials,
-                                                  "done": n_ended, "states": dict(states), "command": command,
+                                                  "done": n_ended, "states": dict(states), "seeds": 1,
+                                                  "command": command,
                                                   "finding": (f"searched trials dominate {len(beaten)} of "
                                                               f"{len(recipes)} recipes on test images"
                                                               if searched else "undecided: nothing searched "

@@ -188,7 +188,7 @@ def glance(dirs: Sequence[Path]) -> list[str]:
         st = s.get("states")  # the joint search: how its trials ended
         how = f" ({st['complete']} complete, {st['pruned']} pruned, {st['failed']} failed)" if st else ""
         rows.append(f"| {s['paper']} | {'quick' if s['quick'] else 'full'} | {s['done']} of {s['rows']}{how} | "
-                    f"{_seeds(d)} | {verdict} |")
+                    f"{s.get('seeds') or _seeds(d)} | {verdict} |")  # the joint search: its one sampler seed
         if not s["quick"]:
             missed += [f"- {s['paper']}: {t['claim']} ({t['detail']})" for t in ts if t["met"] is False]
     if len(rows) == 2:

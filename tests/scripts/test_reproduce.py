@@ -425,6 +425,7 @@ def test_joint_replays_the_front_and_baselines_on_test_images(tmp_path: Path) ->
     summary = json.loads((out / "summary.json").read_text())
     assert summary["done"] == 3 and summary["states"] == states
     assert f"| joint | quick | 3 of 3 ({states['complete']} complete" in "\n".join(report.glance([out]))
+    assert f"{states['failed']} failed) | 1 | " in "\n".join(report.glance([out]))  # one search seed
 
     # a baseline the search pruned (studies made before baselines were exempt from MO-ASHA) is replayed too
     import copy
