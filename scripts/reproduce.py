@@ -18,12 +18,10 @@ test images. ``--paper joint`` runs ``studies/fmnist_full.yaml`` as a study inst
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
-import torch
 from _repro.masking import check_saved_models
 from _repro.papers import list_papers, make_plan
 from _repro.report import write_report, write_results_md
@@ -102,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
             run_joint(out, quick=a.quick, seeds=a.seeds, device=a.device, command=this)
             return 0
         plan = make_plan(a.paper, quick=a.quick, seeds=range(a.seeds))
-        machine = (f"{a.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, {torch.get_num_threads()} torch "
-                   f"thread(s) of {os.cpu_count()} cores, torch {torch.__version__}")
         # the report names every command that ran rows into this directory (a full run is often done in
         # parts, e.g. with --only), in the order they first ran; a command is recorded with its first row
         ran = (out / "command.txt").read_text().splitlines() if (out / "command.txt").exists() else []
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             if this not in ran:
                 ran.append(this)
                 (out / "command.txt").write_text("\n".join(ran) + "\n")
-            write_report(plan, out, command=commands(), quick=a.quick, machine=machine)
+            write_report(plan, out, command=commands(), quick=a.quick)
 
         given = {}
         for item in a.base_checkpoint:
@@ -135,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not a.report_only:
             run_rows(plan, out, bases_dir=bases, device=a.device, quick=a.quick, base_checkpoints=given, only=a.only,
                      on_row=on_row, save_models=a.save_models)
-        print(f"wrote {write_report(plan, out, command=commands(), quick=a.quick, machine=machine)}")
+        print(f"wrote {write_report(plan, out, command=commands(), quick=a.quick)}")
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

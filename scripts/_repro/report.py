@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,17 @@ METRICS = ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio", "sparsity")
 _MARK = {True: "met", False: "**missed**", None: "not decided"}
 
 
-def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: str = "") -> Path:
+def _machines(records: Sequence[Mapping[str, Any]]) -> str:
+    """Where the rows ran, from what each recorded (not the machine writing the report)."""
+    seen = sorted({r["machine"] for r in records if r.get("machine")})
+    unrecorded = sum(not r.get("machine") for r in records)
+    if unrecorded:
+        seen.append(f"{unrecorded} row(s) from before rows recorded their machine (the commands above give their "
+                    "torch threads)")
+    return "; ".join(seen)
+
+
+def write_report(plan: Any, out: Path, *, command: str, quick: bool) -> Path:
     """Writes ``out/REPORT.md`` (tables, targets, notes) and ``out/<paper>.png``; returns the report path.
     Cells come in the plan's row order (a row added to a plan after others ran sits beside its kin)."""
     position = {r.key: i for i, r in enumerate(plan.rows)}
@@ -39,7 +49,8 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool, machine: st
             ["Commands (each ran some of the rows, in this order):", "", *(f"- `{c}`" for c in commands)])
     lines = [f"## Seed {plan.paper}{'' if quick else ' (full settings)'}: {plan.title}", "", *head, "",
              f"Mode: {'**--quick** (CPU-sized, see notes)' if quick else 'full'}; {status}; "
-             f"{seconds / 60:.0f} min of rows; last row {last or '-'}." + (f" Machine: {machine}." if machine else ""),
+             f"{seconds / 60:.0f} min of rows; last row {last or '-'}."
+             + (f" Machine: {m}." if (m := _machines(records)) else ""),
              ""]
     lines += [f"- {n}" for n in plan.notes]
     for b in plan.setup.bases.values():

@@ -14,6 +14,7 @@ import datetime as _dt
 import fnmatch
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -158,6 +159,12 @@ def resolve_row(row: Row, ctx: TrialContext, match: float | None) -> Row:
     return dataclasses.replace(row, params=dataclasses.replace(row.params, prune=dataclasses.replace(p, sparsity=s)))
 
 
+def describe_machine(device: torch.device) -> str:
+    """Where a row ran, for its report: ``cpu, 1 torch thread(s) of 2 cores, torch 2.13.0+cpu``."""
+    return (f"{device.type}, {torch.get_num_threads()} torch thread(s) of {os.cpu_count()} cores, "
+            f"torch {torch.__version__}")
+
+
 def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None, quick: bool,
              base_checkpoints: Mapping[str, Path] | None = None, only: Sequence[str] | None = None,
              on_row: Callable[[], object] = lambda: None, log: Callable[[str], None] = print,
@@ -221,7 +228,7 @@ def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None
             "metrics": metrics,
             "match_macs": match, "params": to_dict(run.params), "base_info": bases_meta[row.base],
             "seconds": time.perf_counter() - t0, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
-                timespec="seconds"),
+                timespec="seconds"), "machine": describe_machine(dev),
         }
         if save_models is not None:
             save_row_model(save_models, row, run, r, ctx, plan.setup)

@@ -159,6 +159,20 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 0
     md = report.write_report(plan, out, command="python scripts/reproduce.py --paper 009", quick=True).read_text()
     assert "magnitude 0.5" in md and "complete" in md
+    # the report names the machine the rows recorded, not the one writing it (a --report-only run)
+    threads = torch.get_num_threads()
+    assert rec["machine"].startswith(f"cpu, {threads} torch thread(s) of ")
+    assert f"Machine: {rec['machine']}." in md
+    torch.set_num_threads(threads + 1)
+    try:
+        assert f"Machine: {rec['machine']}." in report.write_report(plan, out, command="x", quick=True).read_text()
+    finally:
+        torch.set_num_threads(threads)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.jsonl").write_text(json.dumps({k: v for k, v in rec.items() if k != "machine"}) + "\n")
+    assert "1 row(s) from before rows recorded their machine" in report.write_report(
+        plan, old, command="x", quick=True).read_text()
     dest = report.write_results_md([out], tmp_path / "docs" / "RESULTS.md")
     assert "| 009 | quick | 1 of 1 |" in dest.read_text()
     # the run is archived beside RESULTS.md, so the table can be rebuilt once runs/ is gone
