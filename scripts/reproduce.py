@@ -102,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(a.paper, quick=a.quick, seeds=range(a.seeds))
         # the report names every command that ran rows into this directory (a full run is often done in
         # parts, e.g. with --only), in the order they first ran; a command is recorded with its first row
-        ran = (out / "command.txt").read_text().splitlines() if (out / "command.txt").exists() else []
-
+        # (read afresh each time and appended to, so runs sharing the directory keep each other's lines)
         def commands() -> str:
-            return "\n".join(ran) or this
+            path = out / "command.txt"
+            return (path.read_text().strip() if path.exists() else "") or this
 
         def on_row() -> None:
-            if this not in ran:
-                ran.append(this)
-                (out / "command.txt").write_text("\n".join(ran) + "\n")
+            if this not in commands().splitlines():
+                with open(out / "command.txt", "a") as f:
+                    f.write(this + "\n")
             write_report(plan, out, command=commands(), quick=a.quick)
 
         given = {}

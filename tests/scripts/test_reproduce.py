@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -502,3 +503,27 @@ def test_check_masking_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run" / "masking.jsonl").exists()
+
+
+def test_runs_sharing_a_directory_keep_each_others_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs into one directory (e.g. two --only parts side by side) both stay in command.txt: a run
+    re-reads the file when it records itself, instead of writing back the list it read at its start."""
+    import reproduce
+
+    out = tmp_path / "run"
+    other = "python scripts/reproduce.py --paper 001 --only 'the other part'"
+    reports: list[str] = []
+
+    def fake_rows(plan: object, out_: Path, *, on_row: Callable[[], object], **kw: object) -> int:
+        with open(out_ / "command.txt", "a") as f:  # the other run finishes a row while this one works
+            f.write(other + "\n")
+        on_row()
+        return 1
+
+    monkeypatch.setattr(reproduce, "run_rows", fake_rows)
+    monkeypatch.setattr(reproduce, "write_report", lambda plan, out_, *, command, quick: reports.append(command)
+                        or out_ / "REPORT.md")
+    assert reproduce.main(["--paper", "001", "--quick", "--out", str(out), "--only", "001/x"]) == 0
+    lines = (out / "command.txt").read_text().splitlines()
+    assert lines[0] == other and len(lines) == 2 and "--only 001/x" in lines[1]
+    assert reports[-1].splitlines() == lines
