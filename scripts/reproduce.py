@@ -103,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         # the report names every command that ran rows into this directory (a full run is often done in
         # parts, e.g. with --only), in the order they first ran; a command is recorded with its first row
         # (read afresh each time and appended to, so runs sharing the directory keep each other's lines)
-        def commands() -> str:
+        def recorded() -> list[str]:
             path = out / "command.txt"
-            return (path.read_text().strip() if path.exists() else "") or this
+            return path.read_text().split("\n") if path.exists() else []
+
+        def commands() -> str:
+            return "\n".join(c for c in recorded() if c) or this
 
         def on_row() -> None:
-            if this not in commands().splitlines():
+            if this not in recorded():
                 with open(out / "command.txt", "a") as f:
                     f.write(this + "\n")
             write_report(plan, out, command=commands(), quick=a.quick)

@@ -163,7 +163,9 @@ def plan_001(quick: bool, seeds: Sequence[int]) -> Plan:
                           f"{rob_train.epochs:g} epochs on {rob_size or 60000} images (paper: 20 epochs; "
                           f"SGD momentum 0.9, He init, one-cycle lr peaking at {rob_train.lr:g} at 40% of training "
                           "so the short budget converges: with a cosine schedule from the peak the seed-0 start stayed "
-                          "at chance, through all of a 4-epoch run; 2 epochs is what fits beside the other rows)")),
+                          "at chance, through all of a 4-epoch run; "
+                          + ("--quick cuts it to fit 30 minutes)" if quick else
+                             "2 epochs is what fits beside the other rows)"))),
     }
     threat = ThreatModel(norm="linf", eps=0.05, alpha=0.005, steps=20, random_start=False, clamp=False)
     setup = _fmnist_setup(quick, threat, bases, quick_train_size=2000, batch_size=64)

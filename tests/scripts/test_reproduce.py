@@ -527,3 +527,27 @@ def test_runs_sharing_a_directory_keep_each_others_commands(tmp_path: Path, monk
     lines = (out / "command.txt").read_text().splitlines()
     assert lines[0] == other and len(lines) == 2 and "--only 001/x" in lines[1]
     assert reports[-1].splitlines() == lines
+
+
+def test_a_fresh_directory_records_the_command_that_ran_its_rows(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run into a new directory writes command.txt, so a later --report-only names the run's
+    command, not its own (a fresh --quick run left no command.txt and its report named --report-only)."""
+    import reproduce
+
+    out = tmp_path / "run"
+    reports: list[str] = []
+
+    def fake_rows(plan: object, out_: Path, *, on_row: Callable[[], object], **kw: object) -> int:
+        on_row()
+        on_row()
+        return 2
+
+    monkeypatch.setattr(reproduce, "run_rows", fake_rows)
+    monkeypatch.setattr(reproduce, "write_report", lambda plan, out_, *, command, quick: reports.append(command)
+                        or out_ / "REPORT.md")
+    assert reproduce.main(["--paper", "001", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    ran = "python scripts/reproduce.py --paper 001 --quick --out " + str(out) + " --threads 1"
+    assert (out / "command.txt").read_text().splitlines() == [ran]
+    assert reproduce.main(["--paper", "001", "--quick", "--out", str(out), "--report-only"]) == 0
+    assert reports[-1] == ran
