@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -179,8 +180,13 @@ def archive_run(d: Path, archive: Path) -> Path:
 
 
 def _seeds(d: Path) -> str:
-    seeds = {r["seed"] for r in load_results(d / "results.jsonl").values() if "seed" in r}
-    return str(len(seeds)) if seeds else "-"
+    """Seeds per cell of the run's finished rows: "2", or "1-2" where some cells have fewer than others."""
+    per_cell: dict[str, set[int]] = {}
+    for key, r in load_results(d / "results.jsonl").items():
+        if "seed" in r:
+            per_cell.setdefault(re.sub(r"/seed\d+$", "", key), set()).add(r["seed"])
+    counts = sorted({len(s) for s in per_cell.values()})
+    return "-" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
 def glance(dirs: Sequence[Path]) -> list[str]:
@@ -206,7 +212,8 @@ def glance(dirs: Sequence[Path]) -> list[str]:
         return []
     out = ["## Targets at a glance", "", "Counted from each run's `summary.json` (the targets listed in each "
            "section below); a run with rows still to do decides only the targets of the rows it finished; "
-           "seeds: `-` where the run's row file was not kept.", "", *rows, ""]
+           "seeds: per cell, `1-2` where some cells have fewer seeds than others, `-` where the run's row file "
+           "was not kept.", "", *rows, ""]
     if missed:
         out += ["Missed at full settings (each section says why):", "", *missed, ""]
     return out

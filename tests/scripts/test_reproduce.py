@@ -274,7 +274,7 @@ def test_results_md_opens_with_the_targets_counted_from_each_summary(tmp_path: P
         (d / "REPORT.md").write_text(f"## {name}\n")
         (d / "summary.json").write_text(json.dumps(summary))
         for s in seeds:
-            core.append_result(d / "results.jsonl", {"key": f"k{s}", "seed": s})
+            core.append_result(d / "results.jsonl", {"key": f"{name}/t/b/m/r/seed{s}", "seed": s})
         return d
 
     def t(claim: str, met: bool | None) -> dict[str, object]:
@@ -290,6 +290,9 @@ def test_results_md_opens_with_the_targets_counted_from_each_summary(tmp_path: P
     assert "| 007 | full | 4 of 9 | 2 | 1 / 2 / 1 |" in glance
     assert "| 007 | quick | 3 of 3 | - | 0 / 1 / 0 |" in glance  # no row file kept: seeds unknown
     assert "| joint | quick | 10 of 16 | - | searched trials dominate 1 of 8 recipes on test images |" in glance
+    # a second seed for some cells only: the column says so instead of counting the seeds seen anywhere
+    core.append_result(full / "results.jsonl", {"key": "007/t/b/other/r/seed0", "seed": 0})
+    assert "| 007 | full | 4 of 9 | 1-2 | 1 / 2 / 1 |" in "\n".join(report.glance([full]))
     # every target missed at full settings is listed with its detail; quick misses are not
     assert "- 007: b (b measured)" in glance and "- 007: d (d measured)" in glance and "q measured" not in glance
     assert md.index("## Targets at a glance") < md.index("## What was run")
