@@ -508,6 +508,26 @@ def test_check_masking_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pyt
     assert not (tmp_path / "run" / "masking.jsonl").exists()
 
 
+def _fake_rows(monkeypatch: pytest.MonkeyPatch, before_row: Callable[[Path], object] = lambda out: None,
+               rows: int = 1) -> list[str]:
+    """reproduce.main with rows that run nothing (``before_row`` first, then on_row per row); returns the
+    command each report was written with."""
+    import reproduce
+
+    reports: list[str] = []
+
+    def fake_rows(plan: object, out_: Path, *, on_row: Callable[[], object], **kw: object) -> int:
+        for _ in range(rows):
+            before_row(out_)
+            on_row()
+        return rows
+
+    monkeypatch.setattr(reproduce, "run_rows", fake_rows)
+    monkeypatch.setattr(reproduce, "write_report", lambda plan, out_, *, command, quick: reports.append(command)
+                        or out_ / "REPORT.md")
+    return reports
+
+
 def test_runs_sharing_a_directory_keep_each_others_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two runs into one directory (e.g. two --only parts side by side) both stay in command.txt: a run
     re-reads the file when it records itself, instead of writing back the list it read at its start."""
@@ -515,17 +535,12 @@ def test_runs_sharing_a_directory_keep_each_others_commands(tmp_path: Path, monk
 
     out = tmp_path / "run"
     other = "python scripts/reproduce.py --paper 001 --only 'the other part'"
-    reports: list[str] = []
 
-    def fake_rows(plan: object, out_: Path, *, on_row: Callable[[], object], **kw: object) -> int:
-        with open(out_ / "command.txt", "a") as f:  # the other run finishes a row while this one works
+    def other_run_finishes_a_row(out_: Path) -> None:
+        with open(out_ / "command.txt", "a") as f:
             f.write(other + "\n")
-        on_row()
-        return 1
 
-    monkeypatch.setattr(reproduce, "run_rows", fake_rows)
-    monkeypatch.setattr(reproduce, "write_report", lambda plan, out_, *, command, quick: reports.append(command)
-                        or out_ / "REPORT.md")
+    reports = _fake_rows(monkeypatch, other_run_finishes_a_row)
     assert reproduce.main(["--paper", "001", "--quick", "--out", str(out), "--only", "001/x"]) == 0
     lines = (out / "command.txt").read_text().splitlines()
     assert lines[0] == other and len(lines) == 2 and "--only 001/x" in lines[1]
@@ -539,16 +554,7 @@ def test_a_fresh_directory_records_the_command_that_ran_its_rows(tmp_path: Path,
     import reproduce
 
     out = tmp_path / "run"
-    reports: list[str] = []
-
-    def fake_rows(plan: object, out_: Path, *, on_row: Callable[[], object], **kw: object) -> int:
-        on_row()
-        on_row()
-        return 2
-
-    monkeypatch.setattr(reproduce, "run_rows", fake_rows)
-    monkeypatch.setattr(reproduce, "write_report", lambda plan, out_, *, command, quick: reports.append(command)
-                        or out_ / "REPORT.md")
+    reports = _fake_rows(monkeypatch, rows=2)
     assert reproduce.main(["--paper", "001", "--quick", "--out", str(out), "--threads", "1"]) == 0
     ran = "python scripts/reproduce.py --paper 001 --quick --out " + str(out) + " --threads 1"
     assert (out / "command.txt").read_text().splitlines() == [ran]
