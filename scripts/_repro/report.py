@@ -111,8 +111,9 @@ def plot_plan(plan: Any, cells: Sequence[Cell], path: Path) -> Path | None:
             xs = [float(c.x or 0) for c in pts]
             ys = [100 * c.mean(metric) for c in pts]
             es = [0.0 if math.isnan(c.std(metric)) else 100 * c.std(metric) for c in pts]
-            color = f"C{i}"
-            ax.errorbar(xs, ys, yerr=es, marker="o", color=color, label=name, capsize=3)
+            color = f"C{i}"  # the colour cycle repeats after 10 series: the marker tells them apart
+            marker = "os^Dv"[(i // 10) % 5]
+            ax.errorbar(xs, ys, yerr=es, marker=marker, color=color, label=name, capsize=3)
             ref_pts = []
             for c in pts:
                 ref = lookup_reference(plan.refs, c)
@@ -121,7 +122,7 @@ def plot_plan(plan: Any, cells: Sequence[Cell], path: Path) -> Path | None:
                 if val is not None:
                     ref_pts.append((float(c.x or 0), val))
             if ref_pts:
-                ax.plot(*zip(*ref_pts), linestyle=":", marker="o", mfc="none", color=color, label=f"{name} (paper)")
+                ax.plot(*zip(*ref_pts), linestyle=":", marker=marker, mfc="none", color=color, label=f"{name} (paper)")
         if spec.xlog:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(spec.xlabel)
