@@ -128,12 +128,16 @@ def recover_stale_trials(study: optuna.Study, *, grace_s: float | None = None, n
 
 
 def requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial) -> None:
-    """Enqueues ``t``'s params again with its seed (and baseline flag) and ``retry_of``: its number."""
+    """Enqueues ``t``'s params again with its seed (and baseline flag) and ``retry_of``: its number.
+
+    The params are read back from the storage: a live trial interrupted inside ``suggest_*`` has
+    written its newest param there but not yet into its own cache, and the retry must repeat it."""
     ua = t.user_attrs
     attrs = {k: ua[k] for k in RETRY_ATTRS if k in ua}
+    params = study._storage.get_trial_params(t._trial_id)
     with warnings.catch_warnings():  # a baseline's fixed params may sit outside the searched range
         warnings.simplefilter("ignore", UserWarning)
-        study.enqueue_trial(dict(t.params), user_attrs={**attrs, "retry_of": t.number})
+        study.enqueue_trial(dict(params), user_attrs={**attrs, "retry_of": t.number})
 
 
 @contextmanager

@@ -161,6 +161,23 @@ def test_an_interrupted_trial_fails_as_interrupted_and_is_requeued(tmp_path, sig
     assert finished_trials(study) == 0 and failed._trial_id not in _HERE
 
 
+def test_an_interrupt_inside_suggest_requeues_the_param_already_stored(tmp_path):
+    """The signal can land inside ``suggest_*`` after the storage has the new param but before the
+    trial's own cache does (the slow signal test hit it once): the retry repeats the stored params."""
+    study = _journal_study(tmp_path)
+
+    def interrupted(trial: optuna.Trial) -> tuple[float, float, float]:
+        dist = optuna.distributions.FloatDistribution(0.3, 0.9)
+        study._storage.set_trial_param(trial._trial_id, "prune.sparsity", dist.to_internal_repr(0.6), dist)
+        raise Interrupted(signal.SIGINT)  # before Optuna caches the param in the trial
+
+    with pytest.raises(Interrupted):
+        study.optimize(_Guarded(interrupted, target=3, journal_heartbeat=True), n_trials=1, catch=(Exception,))
+    failed, waiting = study.get_trials()
+    assert failed.params == {"prune.sparsity": 0.6}
+    assert waiting.state == TrialState.WAITING and _queued(waiting) == {"prune.sparsity": 0.6}
+
+
 def _orphan(study: optuna.Study, **owner) -> optuna.trial.FrozenTrial:
     """A RUNNING trial as a worker leaves it when it dies (params suggested, owner attrs written)."""
     trial = study.ask()
