@@ -25,13 +25,26 @@ from searchprune.config import DataConfig, EvalConfig, ModelConfig, ThreatModel,
 from searchprune.errors import ConfigError
 
 __all__ = [
-    "CHANCE_MARGIN", "Base", "Row", "Setup", "Cell", "Reference", "Target", "row_fingerprint", "load_results",
-    "append_result", "pending_rows", "aggregate", "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference",
-    "dominates",
+    "CHANCE_MARGIN", "at_chance", "record_classes", "Base", "Row", "Setup", "Cell", "Reference", "Target",
+    "row_fingerprint", "load_results", "append_result", "pending_rows", "aggregate", "collapsed_text",
+    "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference", "dominates",
 ]
 
 
 CHANCE_MARGIN = 0.02  # clean accuracy within this of 1 / classes: the model predicts (almost) one class
+# Rows recorded before records kept their class count all ran on Fashion-MNIST (every plan's dataset).
+_UNRECORDED_CLASSES = 10
+
+
+def at_chance(clean_acc: float, num_classes: int) -> bool:
+    """A collapsed model: clean accuracy at most :data:`CHANCE_MARGIN` above ``1 / num_classes``
+    (it predicts one class, or nearly, for every image): its numbers say nothing about its method."""
+    return clean_acc <= 1 / num_classes + CHANCE_MARGIN
+
+
+def record_classes(record: Mapping[str, Any]) -> int:
+    """The class count a finished row was measured with."""
+    return int(record.get("num_classes") or _UNRECORDED_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +202,7 @@ class Cell:
     control: bool
     values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     series: str = ""
+    collapsed: tuple[int, ...] = ()  # the seeds whose model ended at chance (see :func:`at_chance`)
 
     @property
     def cell_key(self) -> tuple[str, str, str, str]:
@@ -211,11 +225,14 @@ class Cell:
 def aggregate(records: Iterable[Mapping[str, Any]], metrics: Sequence[str]) -> list[Cell]:
     """Groups finished rows by cell (first-seen order) and collects each metric over the seeds.
 
-    A metric that is None for a row (e.g. transfer accuracy when not measured) is left out.
+    A metric that is None for a row (e.g. transfer accuracy when not measured) is left out. The
+    seeds whose model ended at chance are listed in :attr:`Cell.collapsed`: they are averaged in
+    like the others, so whoever reads the cell must be told.
     """
     order: list[tuple[str, str, str, str]] = []
     info: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     vals: dict[tuple[str, str, str, str], dict[str, list[float]]] = {}
+    collapsed: dict[tuple[str, str, str, str], list[int]] = {}
     for rec in sorted(records, key=lambda r: (r.get("index", 0), r["seed"])):
         cell = (rec["table"], rec["base"], rec["method"], rec["finetune"])
         if cell not in vals:
@@ -223,12 +240,25 @@ def aggregate(records: Iterable[Mapping[str, Any]], metrics: Sequence[str]) -> l
             vals[cell] = {m: [] for m in metrics}
             info[cell] = {"x": rec.get("x"), "control": bool(rec.get("control", False)),
                           "series": rec.get("series", "")}
+            collapsed[cell] = []
+        clean = rec["metrics"].get("clean_acc")
+        if clean is not None and at_chance(float(clean), record_classes(rec)):
+            collapsed[cell].append(int(rec["seed"]))
         for m in metrics:
             v = rec["metrics"].get(m)
             if v is not None:
                 vals[cell][m].append(float(v))
     return [Cell(*c, x=info[c]["x"], control=info[c]["control"], series=info[c]["series"],
-                 values={m: tuple(v) for m, v in vals[c].items() if v}) for c in order]
+                 values={m: tuple(v) for m, v in vals[c].items() if v}, collapsed=tuple(collapsed[c]))
+            for c in order]
+
+
+def collapsed_text(cell: Cell) -> str:
+    """``"seed 0 of 2 at chance"``, ``"seeds 0, 1 of 2 at chance"`` (``""`` when none is)."""
+    if not cell.collapsed:
+        return ""
+    seeds = ", ".join(str(s) for s in cell.collapsed)
+    return f"seed{'s' if len(cell.collapsed) > 1 else ''} {seeds} of {cell.n} at chance"
 
 
 def format_mean_std(cell: Cell, metric: str, *, scale: float = 100.0, digits: int = 2) -> str:
@@ -303,6 +333,8 @@ def markdown_table(cells: Sequence[Cell], refs: Mapping[tuple[str, str, str, str
         d_clean = None if rc is None or not same or math.isnan(c.mean("clean_acc")) else 100 * c.mean("clean_acc") - rc
         d_pgd = None if rp is None or not same or math.isnan(c.mean("pgd_acc")) else 100 * c.mean("pgd_acc") - rp
         method = f"{c.method} (control)" if c.control else c.method
+        if c.collapsed:
+            method += f" ({collapsed_text(c)})"
         cols = ([c.base] if show_base else []) + [method, c.finetune, format_mean_std(c, "clean_acc"),
                                                    format_mean_std(c, "pgd_acc")]
         for _, metric in extra:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .core import Cell, aggregate, load_results, lookup_reference, markdown_table
+from .core import Cell, aggregate, at_chance, load_results, lookup_reference, markdown_table, record_classes
 from .masking import MASKING_FILE, masking_section
 
 __all__ = ["METRICS", "write_report", "plot_plan", "write_results_md"]
@@ -31,6 +31,22 @@ def _machines(records: Sequence[Mapping[str, Any]]) -> str:
         seen.append(f"{unrecorded} row(s) from before rows recorded their machine (the commands above give their "
                     "torch threads)")
     return "; ".join(seen)
+
+
+def _chance_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rows whose model ended at chance, each named: a cell's mean and spread average them in
+    with its other seeds, and a target such as a MAC ratio can read "met" for a constant predictor."""
+    dead = [r for r in sorted(records, key=lambda r: (r["index"], r["seed"]))
+            if r["metrics"].get("clean_acc") is not None and at_chance(r["metrics"]["clean_acc"], record_classes(r))]
+    if not dead:
+        return []
+    lines = ["### Rows at chance", "",
+             "These models predict one class (or nearly) for every test image: their numbers measure a failed "
+             "run, not the method. Their cells are marked in the tables above; a cell's mean and spread include "
+             "them.", ""]
+    lines += [f"- `{r['key']}`: clean {100 * r['metrics']['clean_acc']:.2f}, PGD "
+              f"{100 * r['metrics'].get('pgd_acc', math.nan):.2f} with {record_classes(r)} classes" for r in dead]
+    return lines + [""]
 
 
 def write_report(plan: Any, out: Path, *, command: str, quick: bool) -> Path:
@@ -63,6 +79,7 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool) -> Path:
             continue
         lines += [f"### {spec.caption}", "", markdown_table(sel, plan.refs, extra=spec.extra), ""]
     lines += masking_section(out, order=[r.key for r in plan.rows])
+    lines += _chance_section(records)
     targets = plan.targets(cells)
     if targets:
         lines += ["### Targets", ""]

@@ -34,7 +34,7 @@ from searchprune.prune.allocation.mrs import MRS_DEFAULTS
 from searchprune.train import train_base_model
 from searchprune.trial import TrialContext, TrialResult, checkpoint_metadata, run_trial
 
-from .core import CHANCE_MARGIN, Base, Row, Setup, append_result, load_results, pending_rows, row_fingerprint
+from .core import Base, Row, Setup, append_result, at_chance, load_results, pending_rows, row_fingerprint
 
 __all__ = ["base_path", "ensure_base", "make_context", "mac_ratio", "match_mac_ratio", "compression_sparsity",
            "run_rows"]
@@ -70,7 +70,7 @@ def ensure_base(base: Base, data: DataConfig, threat: ThreatModel, path: Path, *
                                    eval_split="test")
     meta["metrics"]["train_images"] = len(splits.train)
     clean, classes = meta["metrics"]["test_clean_acc"], splits.info.num_classes
-    if clean <= 1 / classes + CHANCE_MARGIN:  # every row from it would measure a constant predictor
+    if at_chance(clean, classes):  # every row from it would measure a constant predictor
         kept = path.with_name(f"{path.stem}.collapsed.pt")
         save_checkpoint(kept, model, meta)
         raise ConfigError(f"base {base.name!r}: training ended at chance (test clean {clean:.4f} with {classes} "
@@ -225,7 +225,7 @@ def run_rows(plan: Any, out: Path, *, bases_dir: Path, device: str | None = None
             "key": row.key, "fingerprint": row_fingerprint(row, plan.setup), "index": index[row.key],
             "paper": row.paper, "table": row.table, "base": row.base, "method": row.method, "finetune": row.finetune,
             "seed": row.seed, "x": row.x, "control": row.control, "series": row.series, "quick": quick,
-            "metrics": metrics,
+            "metrics": metrics, "num_classes": ctx.splits.info.num_classes,
             "match_macs": match, "params": to_dict(run.params), "base_info": bases_meta[row.base],
             "seconds": time.perf_counter() - t0, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
                 timespec="seconds"), "machine": describe_machine(dev),

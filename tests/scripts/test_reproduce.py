@@ -155,6 +155,7 @@ def test_one_real_row_through_run_trial_resumes(tmp_path: Path) -> None:
     assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 1
     rec = json.loads((out / "results.jsonl").read_text())
     assert rec["key"] == row.key and 0 <= rec["metrics"]["clean_acc"] <= 1
+    assert rec["num_classes"] == 10  # what "at chance" is judged against in the report
     assert rec["metrics"]["n_eval"] == 64  # all test images, not a validation split
     assert rec["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert runner.run_rows(plan, out, bases_dir=tmp_path / "bases", quick=True, log=lambda s: None) == 0
@@ -349,6 +350,46 @@ def test_mac_ratio_prunes_channels_of_a_real_context(tmp_path: Path) -> None:
     assert runner.mac_ratio(ctx, cfg) < 0.5  # half the channels of every conv: about a quarter of the MACs
     s = runner.match_mac_ratio(lambda s: runner.mac_ratio(ctx, dataclasses.replace(cfg, sparsity=s)), 0.5, tol=0.05)
     assert 0 < s < 0.5
+
+
+def test_a_row_at_chance_is_named_in_its_cell_and_the_report(tmp_path: Path) -> None:
+    """One seed of two at chance is averaged into its cell, so the table marks the cell and the report names
+    the row; chance follows the row's recorded class count (0.10 with 100 classes is a live model)."""
+    dead, alive, other = _row(0), _row(1), _row(0, method="magnitude 0.6")
+    recs = [_record(dead, 0.10, 0.10), _record(alive, 0.85, 0.40),
+            {**_record(other, 0.10, 0.05, index=1), "num_classes": 100}]
+    cells = core.aggregate(recs, ("clean_acc", "pgd_acc", "mac_ratio"))
+    assert [c.collapsed for c in cells] == [(0,), ()]
+    assert core.collapsed_text(cells[0]) == "seed 0 of 2 at chance" and core.collapsed_text(cells[1]) == ""
+    line = core.markdown_table(cells, {}).splitlines()[2]
+    assert line.split(" | ")[1] == "magnitude 0.5 (seed 0 of 2 at chance)"
+    plan = papers.Plan("009", "tiny", _setup(), (dead, alive, other), {}, (papers.TableSpec("t", "tiny table"),), ())
+    out = tmp_path / "run"
+    for r in recs:
+        core.append_result(out / "results.jsonl", {**r, "seconds": 1.0})
+    md = report.write_report(plan, out, command="x", quick=True).read_text()
+    section = md.split("### Rows at chance", 1)[1]
+    assert f"- `{dead.key}`: clean 10.00, PGD 10.00 with 10 classes" in section
+    assert alive.key not in section and other.key not in section
+
+
+def test_002_does_not_call_a_mac_ratio_met_by_models_at_chance_a_success() -> None:
+    plan = papers.make_plan("002", quick=True, seeds=[0, 1])
+    rows = [r for r in plan.rows if r.method == "in-train scratch fixed @0.3"]
+    assert [r.seed for r in rows] == [0, 1]
+
+    def target(clean: tuple[float, float]) -> core.Target:
+        recs = [{**_record(r, c, c, index=0), "metrics": {"clean_acc": c, "pgd_acc": c, "mac_ratio": 0.295}}
+                for r, c in zip(rows, clean, strict=True)]
+        cells = core.aggregate(recs, ("clean_acc", "pgd_acc", "mac_ratio"))
+        (t,) = [t for t in plan.targets(cells) if t.claim.startswith("in-train scratch fixed @0.3: achieved MAC")]
+        return t
+
+    assert target((0.88, 0.89)).met is True and "chance" not in target((0.88, 0.89)).detail
+    one = target((0.10, 0.89))
+    assert one.met is True and "seed 0 of 2 at chance: a constant predictor meets any MAC ratio" in one.detail
+    both = target((0.10, 0.10))
+    assert both.met is None and "seeds 0, 1 of 2 at chance" in both.detail
 
 
 def test_a_tie_of_collapsed_models_decides_no_target() -> None:
