@@ -98,7 +98,8 @@ def write_report(plan: Any, out: Path, *, command: str, quick: bool) -> Path:
 
 def plot_plan(plan: Any, cells: Sequence[Cell], path: Path) -> Path | None:
     """One panel per (plotted table, metric): measured mean ± std per series, the paper's numbers
-    as hollow markers on a dotted line of the same colour. None when nothing is plottable yet."""
+    as hollow markers on a dotted line of the same colour; a cell with a seed at chance gets a red
+    cross (its mean averages a failed run in). None when nothing is plottable yet."""
     panels = []
     for spec in plan.tables:
         if not spec.xlabel:
@@ -123,6 +124,7 @@ def plot_plan(plan: Any, cells: Sequence[Cell], path: Path) -> Path | None:
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
     for ax, (spec, metric, sel) in zip(axes.flat, panels):
         series = sorted({c.series for c in sel})
+        dead_label = "a seed at chance"
         for i, name in enumerate(series):
             pts = sorted((c for c in sel if c.series == name), key=lambda c: float(c.x or 0))
             xs = [float(c.x or 0) for c in pts]
@@ -131,6 +133,10 @@ def plot_plan(plan: Any, cells: Sequence[Cell], path: Path) -> Path | None:
             color = f"C{i}"  # the colour cycle repeats after 10 series: the marker tells them apart
             marker = "os^Dv"[(i // 10) % 5]
             ax.errorbar(xs, ys, yerr=es, marker=marker, color=color, label=name, capsize=3)
+            dead = [(x, y) for c, x, y in zip(pts, xs, ys) if c.collapsed]
+            if dead:
+                ax.scatter(*zip(*dead), marker="x", s=70, color="red", zorder=5, label=dead_label)
+                dead_label = "_nolegend_"
             ref_pts = []
             for c in pts:
                 ref = lookup_reference(plan.refs, c)
