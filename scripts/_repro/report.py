@@ -44,8 +44,10 @@ def _chance_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
              "These models predict one class (or nearly) for every test image: their numbers measure a failed "
              "run, not the method. Their cells are marked in the tables above; a cell's mean and spread include "
              "them.", ""]
-    lines += [f"- `{r['key']}`: clean {100 * r['metrics']['clean_acc']:.2f}, PGD "
-              f"{100 * r['metrics'].get('pgd_acc', math.nan):.2f} with {record_classes(r)} classes" for r in dead]
+    for r in dead:
+        pgd = r["metrics"].get("pgd_acc")
+        lines.append(f"- `{r['key']}`: clean {100 * r['metrics']['clean_acc']:.2f}, PGD "
+                     f"{'-' if pgd is None else f'{100 * pgd:.2f}'} with {record_classes(r)} classes")
     return lines + [""]
 
 

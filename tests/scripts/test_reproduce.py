@@ -355,21 +355,26 @@ def test_mac_ratio_prunes_channels_of_a_real_context(tmp_path: Path) -> None:
 def test_a_row_at_chance_is_named_in_its_cell_and_the_report(tmp_path: Path) -> None:
     """One seed of two at chance is averaged into its cell, so the table marks the cell and the report names
     the row; chance follows the row's recorded class count (0.10 with 100 classes is a live model)."""
-    dead, alive, other = _row(0), _row(1), _row(0, method="magnitude 0.6")
+    dead, alive, other, unattacked = _row(0), _row(1), _row(0, method="magnitude 0.6"), _row(1, method="magnitude 0.6")
     recs = [_record(dead, 0.10, 0.10), _record(alive, 0.85, 0.40),
-            {**_record(other, 0.10, 0.05, index=1), "num_classes": 100}]
+            {**_record(other, 0.10, 0.05, index=1), "num_classes": 100},
+            {**_record(unattacked, 0.01, 0.0, index=1), "metrics": {"clean_acc": 0.01, "pgd_acc": None},
+             "num_classes": 100}]
     cells = core.aggregate(recs, ("clean_acc", "pgd_acc", "mac_ratio"))
-    assert [c.collapsed for c in cells] == [(0,), ()]
-    assert core.collapsed_text(cells[0]) == "seed 0 of 2 at chance" and core.collapsed_text(cells[1]) == ""
+    assert [c.collapsed for c in cells] == [(0,), (1,)]
+    assert core.collapsed_text(cells[0]) == "seed 0 of 2 at chance"
+    assert core.collapsed_text(core.Cell("t", "std", "m", "SFT", x=None, control=False)) == ""
     line = core.markdown_table(cells, {}).splitlines()[2]
     assert line.split(" | ")[1] == "magnitude 0.5 (seed 0 of 2 at chance)"
-    plan = papers.Plan("009", "tiny", _setup(), (dead, alive, other), {}, (papers.TableSpec("t", "tiny table"),), ())
+    plan = papers.Plan("009", "tiny", _setup(), (dead, alive, other, unattacked), {},
+                       (papers.TableSpec("t", "tiny table"),), ())
     out = tmp_path / "run"
     for r in recs:
         core.append_result(out / "results.jsonl", {**r, "seconds": 1.0})
     md = report.write_report(plan, out, command="x", quick=True).read_text()
     section = md.split("### Rows at chance", 1)[1]
     assert f"- `{dead.key}`: clean 10.00, PGD 10.00 with 10 classes" in section
+    assert f"- `{unattacked.key}`: clean 1.00, PGD - with 100 classes" in section  # PGD not measured
     assert alive.key not in section and other.key not in section
 
 
