@@ -25,8 +25,8 @@ from searchprune.config import DataConfig, EvalConfig, ModelConfig, ThreatModel,
 from searchprune.errors import ConfigError
 
 __all__ = [
-    "CHANCE_MARGIN", "at_chance", "record_classes", "Base", "Row", "Setup", "Cell", "Reference", "Target",
-    "row_fingerprint", "load_results", "append_result", "pending_rows", "aggregate", "collapsed_text",
+    "CHANCE_MARGIN", "at_chance", "record_classes", "row_at_chance", "Base", "Row", "Setup", "Cell", "Reference",
+    "Target", "row_fingerprint", "load_results", "append_result", "pending_rows", "aggregate", "collapsed_text",
     "format_mean_std", "markdown_table", "pixel_eps", "lookup_reference", "dominates",
 ]
 
@@ -45,6 +45,12 @@ def at_chance(clean_acc: float, num_classes: int) -> bool:
 def record_classes(record: Mapping[str, Any]) -> int:
     """The class count a finished row was measured with."""
     return int(record.get("num_classes") or _UNRECORDED_CLASSES)
+
+
+def row_at_chance(record: Mapping[str, Any]) -> bool:
+    """A finished row whose model ended at chance (:func:`at_chance` with the row's class count)."""
+    clean = record["metrics"].get("clean_acc")
+    return clean is not None and at_chance(float(clean), record_classes(record))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,8 +247,7 @@ def aggregate(records: Iterable[Mapping[str, Any]], metrics: Sequence[str]) -> l
             info[cell] = {"x": rec.get("x"), "control": bool(rec.get("control", False)),
                           "series": rec.get("series", "")}
             collapsed[cell] = []
-        clean = rec["metrics"].get("clean_acc")
-        if clean is not None and at_chance(float(clean), record_classes(rec)):
+        if row_at_chance(rec):
             collapsed[cell].append(int(rec["seed"]))
         for m in metrics:
             v = rec["metrics"].get(m)

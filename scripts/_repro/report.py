@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .core import Cell, aggregate, at_chance, load_results, lookup_reference, markdown_table, record_classes
+from .core import Cell, aggregate, load_results, lookup_reference, markdown_table, record_classes, row_at_chance
 from .masking import MASKING_FILE, masking_section
 
 __all__ = ["METRICS", "write_report", "plot_plan", "write_results_md"]
@@ -36,8 +36,7 @@ def _machines(records: Sequence[Mapping[str, Any]]) -> str:
 def _chance_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The rows whose model ended at chance, each named: a cell's mean and spread average them in
     with its other seeds, and a target such as a MAC ratio can read "met" for a constant predictor."""
-    dead = [r for r in sorted(records, key=lambda r: (r["index"], r["seed"]))
-            if r["metrics"].get("clean_acc") is not None and at_chance(r["metrics"]["clean_acc"], record_classes(r))]
+    dead = [r for r in sorted(records, key=lambda r: (r["index"], r["seed"])) if row_at_chance(r)]
     if not dead:
         return []
     lines = ["### Rows at chance", "",
