@@ -418,6 +418,36 @@ def test_a_tie_of_collapsed_models_decides_no_target() -> None:
     assert alive[1].claim == "90%: HYDRA >= LWM (4 ep) in PGD accuracy"
 
 
+def test_000_decides_an_ordering_only_where_unrun_methods_cannot_change_it() -> None:
+    """With a method still to run at a compression, "GAP has the highest transfer accuracy" is missed
+    as soon as a finished baseline leads, but not decided while GAP leads; likewise "GAP's PGD stays
+    low" with a GAP variant still to run."""
+    plan = papers.make_plan("000", quick=True, seeds=[0])
+    x2 = [r for r in plan.rows if r.table == "fp32" and r.x == 2.0 and r.seed == 0]
+    assert {r.series for r in x2} == set(papers.GAP_METHODS)
+
+    def judge(transfer: dict[str, float], pgd: float = 0.10) -> dict[str, core.Target]:
+        recs = []
+        for i, row in enumerate(r for r in x2 if r.series in transfer):
+            rec = _record(row, 0.85, pgd if row.series in papers.GAP_LABELS else 0.05, index=i)
+            rec["metrics"]["transfer_acc"] = transfer[row.series]
+            recs.append(rec)
+        cells = core.aggregate(recs, ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio"))
+        return {t.claim.split(": ", 1)[1]: t for t in plan.targets(cells) if t.claim.startswith("fp32, x2:")}
+
+    best, low = "a GAP variant has the highest transfer accuracy", "GAP's white-box PGD accuracy stays low (< 30%)"
+    every = dict.fromkeys(papers.GAP_METHODS, 0.50)
+    assert judge({**every, "GAP global (signed)": 0.60})[best].met is True
+    leads_without_random = judge({k: v for k, v in {**every, "GAP global (signed)": 0.60}.items() if k != "random"})
+    assert leads_without_random[best].met is None and "not run yet: random" in leads_without_random[best].detail
+    trails = judge({k: v for k, v in {**every, "layer gradient": 0.70}.items() if k != "random"})
+    assert trails[best].met is False
+    one_gap = {k: v for k, v in every.items() if k != "GAP layerwise (abs)"}
+    assert judge(one_gap, pgd=0.10)[low].met is None and "GAP layerwise (abs)" in judge(one_gap)[low].detail
+    assert judge(one_gap, pgd=0.50)[low].met is False
+    assert judge(every, pgd=0.10)[low].met is True
+
+
 def test_001_judges_the_robust_bases_table3_cells_within_2_pp() -> None:
     """Every Table-3 cell of the robust base is a target of its own, met within 2 pp in both metrics,
     missed beyond, "not run yet" without a row; the claim names the base's short training."""
