@@ -448,6 +448,26 @@ def test_000_decides_an_ordering_only_where_unrun_methods_cannot_change_it() -> 
     assert judge(every, pgd=0.10)[low].met is True
 
 
+def test_004_spread_across_criteria_waits_for_the_criteria_still_to_run() -> None:
+    """Two of four criteria within 3 pp decide nothing (the others can only widen the spread); two
+    already 5 pp apart miss; all four within 3 pp meet."""
+    plan = papers.make_plan("004", quick=True, seeds=[0])
+    mrs = [r for r in plan.rows if r.table == "mrpf" and r.method.split(" ")[1:2] == ["MRS"]]
+    assert {r.method.split(" ")[0] for r in mrs} == set(papers.MRPF_CRITERIA)
+
+    def spread(pgd: dict[str, float]) -> core.Target:
+        recs = [_record(r, 0.85, pgd[r.method.split(" ")[0]], index=i)
+                for i, r in enumerate(r for r in mrs if r.method.split(" ")[0] in pgd)]
+        cells = core.aggregate(recs, ("clean_acc", "pgd_acc", "transfer_acc", "mac_ratio"))
+        (t,) = [t for t in plan.targets(cells) if "spread" in t.claim and "MRS rows" in t.claim]
+        return t
+
+    partial = spread({"random": 0.70, "magnitude": 0.71})
+    assert partial.met is None and "not run yet: hessian, taylor" in partial.detail
+    assert spread({"random": 0.70, "magnitude": 0.75}).met is False
+    assert spread({"random": 0.70, "magnitude": 0.71, "taylor": 0.72, "hessian": 0.695}).met is True
+
+
 def test_001_judges_the_robust_bases_table3_cells_within_2_pp() -> None:
     """Every Table-3 cell of the robust base is a target of its own, met within 2 pp in both metrics,
     missed beyond, "not run yet" without a row; the claim names the base's short training."""
