@@ -236,7 +236,8 @@ def glance(dirs: Sequence[Path]) -> list[str]:
     if len(rows) == 2:
         return []
     out = ["## Targets at a glance", "", "Counted from each run's `summary.json` (the targets listed in each "
-           "section below); a run with rows still to do decides only the targets of the rows it finished; "
+           "section below); a run with rows still to do decides only the targets of the rows it finished, and a "
+           "comparison only where the rows still to run cannot change it; "
            "seeds: per cell, `1-2` where some cells have fewer seeds than others, `-` where the run's row file "
            "was not kept.", "", *rows, ""]
     if missed:
