@@ -420,8 +420,9 @@ def test_a_tie_of_collapsed_models_decides_no_target() -> None:
 
 def test_000_decides_an_ordering_only_where_unrun_methods_cannot_change_it() -> None:
     """With a method still to run at a compression, "GAP has the highest transfer accuracy" is missed
-    as soon as a finished baseline leads, but not decided while GAP leads; likewise "GAP's PGD stays
-    low" with a GAP variant still to run."""
+    once every GAP variant has finished behind a finished baseline, met once every baseline has
+    finished behind GAP, and not decided otherwise; likewise "GAP's PGD stays low" with a GAP variant
+    still to run."""
     plan = papers.make_plan("000", quick=True, seeds=[0])
     x2 = [r for r in plan.rows if r.table == "fp32" and r.x == 2.0 and r.seed == 0]
     assert {r.series for r in x2} == set(papers.GAP_METHODS)
@@ -442,6 +443,11 @@ def test_000_decides_an_ordering_only_where_unrun_methods_cannot_change_it() -> 
     assert leads_without_random[best].met is None and "not run yet: random" in leads_without_random[best].detail
     trails = judge({k: v for k, v in {**every, "layer gradient": 0.70}.items() if k != "random"})
     assert trails[best].met is False
+    trails_one_gap = judge({k: v for k, v in {**every, "layer gradient": 0.70}.items() if k != "GAP layerwise (abs)"})
+    assert trails_one_gap[best].met is None and "not run yet: GAP layerwise (abs)" in trails_one_gap[best].detail
+    leads_one_gap = judge({k: v for k, v in {**every, "GAP global (signed)": 0.60}.items()
+                           if k != "GAP layerwise (abs)"})
+    assert leads_one_gap[best].met is True
     one_gap = {k: v for k, v in every.items() if k != "GAP layerwise (abs)"}
     assert judge(one_gap, pgd=0.10)[low].met is None and "GAP layerwise (abs)" in judge(one_gap)[low].detail
     assert judge(one_gap, pgd=0.50)[low].met is False
